@@ -1,0 +1,141 @@
+"""Allocation: how many channels each group keeps, so the network meets a reduction target.
+
+ACRA's uniform strategy gives every prunable group the same ratio ``r``. Because channels are
+coupled, FLOPs are not linear in ``r``; ``r`` is found by binary search on the cost model: the
+smallest ratio whose pruned network removes at least the target fraction.
+
+    allocation = allocate_uniform(analysis, cost, scores, Target("flops", 0.3))
+    allocation.ratio, allocation.achieved
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .analysis import Analysis
+from .cost import Cost, CostModel
+from .errors import TargetError
+
+
+@dataclass(frozen=True)
+class Target:
+    """Remove ``fraction`` of the model's ``kind`` ("flops" = MACs, or "params")."""
+
+    kind: str
+    fraction: float
+
+    def __post_init__(self):
+        if self.kind not in ("flops", "params"):
+            raise TargetError(f"unknown target kind {self.kind!r}: use flops or params")
+        if not 0.0 < self.fraction < 1.0:
+            raise TargetError(
+                f"--{self.kind} must be a fraction strictly between 0 and 1 (the share to remove), got {self.fraction:g}"
+            )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-group bounds: at most ``max_ratio`` of a group's channels go, at least
+    ``min_channels`` stay, and kept counts are multiples of ``round_to`` where possible."""
+
+    max_ratio: float = 0.8
+    min_channels: int = 1
+    round_to: int = 1
+
+    def __post_init__(self):
+        if not 0.0 < self.max_ratio <= 1.0:
+            raise TargetError(f"--max-ratio must be in (0, 1], got {self.max_ratio:g}")
+        if self.min_channels < 1 or self.round_to < 1:
+            raise TargetError("--min-channels and --round-to must be at least 1")
+
+    def kept(self, n: int, ratio: float) -> int:
+        """Channels kept of ``n`` at ``ratio``: monotone non-increasing in ``ratio``."""
+        ratio = min(ratio, self.max_ratio)
+        kept = n - int(np.floor(ratio * n + 1e-9))
+        if self.round_to > 1 and n >= self.round_to:
+            kept = int(np.ceil(kept / self.round_to) * self.round_to)
+        floor = max(self.min_channels, n - int(np.floor(self.max_ratio * n + 1e-9)))
+        return int(min(n, max(kept, min(floor, n), 1)))
+
+
+@dataclass
+class Allocation:
+    kept: dict[int, np.ndarray]  # group id -> kept channel indices (sorted)
+    keep: np.ndarray  # global keep vector
+    cost: Cost
+    base: Cost
+    target: Target
+    ratio: float | None = None
+    strategy: str = "uniform"
+    details: dict = field(default_factory=dict)
+
+    @property
+    def achieved(self) -> float:
+        return self.cost.reduction(self.base, self.target.kind)
+
+
+def ranked(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Channel order per group, most important first (ties: lower index first)."""
+    return {gid: np.lexsort((np.arange(len(s)), -s)) for gid, s in scores.items()}
+
+
+def keep_from_counts(analysis: Analysis, order: dict[int, np.ndarray], counts: dict[int, int]) -> dict[int, np.ndarray]:
+    return {gid: np.sort(order[gid][:k]) for gid, k in counts.items()}
+
+
+def allocate_uniform(
+    analysis: Analysis,
+    cost: CostModel,
+    scores: dict[int, np.ndarray],
+    target: Target,
+    limits: Limits = Limits(),
+) -> Allocation:
+    base = cost.evaluate(analysis.full_keep())
+    order = ranked(scores)
+    sizes = {gid: len(s) for gid, s in scores.items()}
+
+    def at(ratio: float):
+        kept = keep_from_counts(analysis, order, {g: limits.kept(n, ratio) for g, n in sizes.items()})
+        keep = analysis.keep_vector(kept)
+        return kept, keep, cost.evaluate(keep)
+
+    best = at(limits.max_ratio)
+    if best[2].reduction(base, target.kind) < target.fraction:
+        raise TargetError(unreachable_message(analysis, cost, target, best[2].reduction(base, target.kind), limits))
+    lo, hi = 0.0, limits.max_ratio
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        trial = at(mid)
+        if trial[2].reduction(base, target.kind) >= target.fraction:
+            hi, best = mid, trial
+        else:
+            lo = mid
+    kept, keep, final = best
+    return Allocation(kept, keep, final, base, target, ratio=hi, strategy="uniform")
+
+
+def unreachable_message(analysis: Analysis, cost: CostModel, target: Target, reachable: float, limits: Limits) -> str:
+    blockers = main_blockers(analysis, cost)
+    text = "; ".join(f"{reason} ({share:.0%} of MACs)" for reason, share in blockers[:3]) or "no prunable channel group"
+    return (
+        f"cannot remove {target.fraction:.0%} of {target.kind.upper() if target.kind == 'flops' else 'parameters'}: "
+        f"at most {reachable:.1%} is reachable with --max-ratio {limits.max_ratio:g}; main blockers: {text}"
+    )
+
+
+def main_blockers(analysis: Analysis, cost: CostModel) -> list[tuple[str, float]]:
+    """Blocking reasons ranked by the MACs of the weighted layers whose channels they pin."""
+    total = cost.evaluate(analysis.full_keep()).macs or 1
+    per_node = cost.per_node(analysis.full_keep())
+    by_reason: dict[str, set[int]] = {}
+    for g in analysis.groups:
+        if not g.blocked:
+            continue
+        nodes = {analysis.dims[d].node for d in g.dims if analysis.dims[d].node is not None}
+        by_reason.setdefault(g.blocked[0], set()).update(nodes)
+    ranked_reasons = [
+        (reason, sum(per_node[n].macs for n in nodes if n in per_node) / total) for reason, nodes in by_reason.items()
+    ]
+    return sorted(ranked_reasons, key=lambda x: -x[1])

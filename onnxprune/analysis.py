@@ -1,0 +1,344 @@
+"""Channel dependency analysis: which channels of which tensors must be removed together.
+
+Every channel of every tensor on its channel axis is an *atom*. A *dim* is one axis of one tensor
+whose atoms take part in pruning: the channel axis of an activation, or an axis of a weight
+(``Conv`` weight axis 0 = output channels, axis 1 = input channels). Each op type has a rule
+(``rules.py``, one table) that ties atoms of its inputs and outputs together; union-find over the
+ties gives *channels*: sets of atoms that must be kept or removed together. Channels touching
+the same set of dims form a *ChannelGroup*. For Conv -> BN -> Relu -> Conv::
+
+    group 0: conv1.W[axis 0] (out) ~ conv1.B ~ bn.scale/bias/mean/var ~ y1, y2, y3 ~ conv2.W[axis 1] (in)
+    channel k of group 0 = {conv1.W[k], conv1.B[k], bn.*[k], y1[:,k], y2[:,k], y3[:,k], conv2.W[:,k]}
+
+Atoms that reach a graph input or output, or an op without a rule, are *blocked*: their groups
+are reported with a reason and never pruned.
+
+    analysis = analyse(load_model("model.onnx"))
+    [g.name for g in analysis.groups if g.prunable]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .graph import Model
+
+# Roles of weight dims; the criteria and the reconstruction look for them.
+OUT = "out"  # output-channel axis of a weight (Conv W axis 0): a producer of channels
+IN = "in"  # input-channel axis of a weight (Conv W axis 1): a consumer that contracts channels
+BN_SCALE = "bn_scale"
+DEPTHWISE = "depthwise"  # channel axis of a depthwise Conv weight: neither produced nor contracted
+
+
+@dataclass
+class Dim:
+    """One axis of one tensor whose entries are atoms of the analysis."""
+
+    id: int
+    tensor: str
+    axis: int
+    size: int
+    offset: int  # first atom id
+    constant: bool
+    role: str = ""
+    node: int | None = None  # index of the node that gave the role (weights)
+    blocked: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.tensor}[axis {self.axis}]"
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that are pruned by one decision each, with the tensors they live in.
+
+    ``channel_atoms[d]`` lists, for dim ``d`` of the group, the channel (0..size-1) of every atom
+    of ``d`` that belongs to the group, in the order of ``atom_index[d]`` (offsets within the dim).
+    """
+
+    id: int
+    dims: list[int]
+    size: int
+    blocked: list[str] = field(default_factory=list)
+    name: str = ""
+    atom_index: dict[int, np.ndarray] = field(default_factory=dict)
+    channel_atoms: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.blocked and self.size > 1
+
+
+class Builder:
+    """What a rule sees: shapes and constants of the graph, and the operations on atoms."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.tensors = model.tensors
+        self.dims: list[Dim] = []
+        self.by_key: dict[tuple[str, int], Dim] = {}
+        self.channel_axis: dict[str, int] = {}  # variable tensor -> axis defined by its producer
+        self.refused: dict[str, str] = {}  # variable tensor -> why its producer defined no channels
+        self.blocked_tensors: dict[str, str] = {}
+        self.edges: list[tuple[np.ndarray, np.ndarray]] = []
+        self.patches: list[tuple[int, object]] = []
+        self.n_atoms = 0
+        self.node: gs.Node | None = None  # the node whose rule runs
+
+    # --- reading the graph -------------------------------------------------------------
+    def shape(self, t: gs.Tensor) -> tuple[int, ...]:
+        shape = t.shape
+        if shape is None or any(not isinstance(d, (int, np.integer)) for d in shape):
+            raise _ShapeUnknown(t.name)
+        return tuple(int(d) for d in shape)
+
+    def rank(self, t: gs.Tensor) -> int:
+        return len(self.shape(t))
+
+    @staticmethod
+    def is_const(t: gs.Tensor) -> bool:
+        return isinstance(t, gs.Constant)
+
+    def value(self, t: gs.Tensor) -> np.ndarray:
+        return np.asarray(t.values)
+
+    def axis_of(self, t: gs.Tensor) -> int | None:
+        """The channel axis of a variable tensor as defined by its producer, if any."""
+        return self.channel_axis.get(t.name)
+
+    # --- atoms ----------------------------------------------------------------------------
+    def _new_dim(self, t: gs.Tensor, axis: int, constant: bool) -> Dim:
+        size = self.shape(t)[axis]
+        d = Dim(len(self.dims), t.name, axis, size, self.n_atoms, constant)
+        self.n_atoms += size
+        self.dims.append(d)
+        self.by_key[(t.name, axis)] = d
+        if t.name in self.blocked_tensors:
+            d.blocked = self.blocked_tensors[t.name]
+        return d
+
+    def define(self, t: gs.Tensor, axis: int) -> Dim:
+        """Called by the producer's rule: the output tensor ``t`` carries channels on ``axis``."""
+        axis = axis % self.rank(t)
+        self.channel_axis[t.name] = axis
+        return self._new_dim(t, axis, constant=False)
+
+    def dim(self, t: gs.Tensor, axis: int, role: str = "") -> Dim:
+        """The dim of ``t`` on ``axis``, created on first use.
+
+        Constants can always be sliced. A variable tensor has atoms only where its producer's
+        rule defined them; asking for another axis (or for a tensor nobody defined) returns a
+        blocked dim whose reason says where the channels came from.
+        """
+        axis = axis % self.rank(t)
+        d = self.by_key.get((t.name, axis))
+        if d is None:
+            d = self._new_dim(t, axis, constant=self.is_const(t))
+            if not d.constant:
+                d.blocked = self._undefined_reason(t, axis)
+        if self.node is not None and not d.constant and t.name in self.channel_axis:
+            defined = self.channel_axis[t.name]
+            if defined != axis:
+                self.block(self.by_key[(t.name, defined)], f"{self._who()} reads '{t.name}' on axis {axis}, but its channels are on axis {defined}")
+        if role:
+            d.role = role
+            d.node = self.model.index_of(self.node) if self.node is not None else None
+        return d
+
+    def _undefined_reason(self, t: gs.Tensor, axis: int) -> str:
+        if t.name in self.refused:
+            return self.refused[t.name]
+        if t.name in self.channel_axis:
+            return f"'{t.name}' carries channels on axis {self.channel_axis[t.name]}, not {axis}"
+        if not t.inputs:
+            return f"'{t.name}' is a graph input"
+        producer = t.inputs[0]
+        return f"'{t.name}' comes from {producer.op} '{producer.name}', which defines no channels on axis {axis}"
+
+    def tie(self, a: Dim, b: Dim, a_index=None, b_index=None) -> None:
+        """Atoms ``a[a_index[i]]`` and ``b[b_index[i]]`` are the same channel (identity by default)."""
+        if a_index is None and b_index is None and a.size != b.size:
+            reason = f"{self._who()}: {a.label} has {a.size} channels but {b.label} has {b.size}"
+            self.block(a, reason)
+            self.block(b, reason)
+            return
+        ai = np.arange(a.size) if a_index is None else np.asarray(a_index, dtype=np.int64)
+        bi = np.arange(b.size) if b_index is None else np.asarray(b_index, dtype=np.int64)
+        self.edges.append((a.offset + ai, b.offset + bi))
+
+    def block(self, d: Dim | gs.Tensor, reason: str) -> None:
+        """Forbid pruning of a dim, or of every dim (present and future) of a tensor."""
+        if isinstance(d, Dim):
+            if d.blocked is None:
+                d.blocked = reason
+            return
+        self.blocked_tensors.setdefault(d.name, reason)
+        for (name, _), dim in self.by_key.items():
+            if name == d.name and dim.blocked is None:
+                dim.blocked = reason
+
+    def refuse(self, t: gs.Tensor, reason: str) -> None:
+        """The current node defines no channels for its output ``t`` (consumers get ``reason``)."""
+        self.refused.setdefault(t.name, reason)
+
+    def block_node(self, reason: str) -> None:
+        """Block every input that carries channels and define no output channels."""
+        node = self.node
+        for t in node.inputs:
+            if t.name and (self.is_const(t) or t.name in self.channel_axis):
+                self.block(t, reason)
+        for t in node.outputs:
+            self.refuse(t, reason)
+
+    def patch(self, fn) -> None:
+        """Register ``fn(node_proto, ctx)``, run at rewrite time to fix attributes/shape constants."""
+        self.patches.append((self.model.index_of(self.node), fn))
+
+    def _who(self) -> str:
+        return f"{self.node.op} '{self.node.name}'" if self.node is not None else "graph"
+
+
+class _ShapeUnknown(Exception):
+    pass
+
+
+@dataclass
+class Analysis:
+    """The result: dims, groups, and the maps from atoms to (group, channel)."""
+
+    model: Model
+    dims: list[Dim]
+    groups: list[ChannelGroup]
+    patches: list[tuple[int, object]]
+    atom_channel: np.ndarray  # atom -> global channel id (index into a keep vector)
+    group_offsets: np.ndarray  # group -> first global channel id
+    by_key: dict[tuple[str, int], Dim]
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.group_offsets[-1])
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    def full_keep(self) -> np.ndarray:
+        return np.ones(self.n_channels, dtype=bool)
+
+    def keep_vector(self, kept: dict[int, np.ndarray]) -> np.ndarray:
+        """Global keep vector from ``{group id: kept channel indices}`` (others kept whole)."""
+        keep = self.full_keep()
+        for gid, channels in kept.items():
+            start, stop = self.group_offsets[gid], self.group_offsets[gid + 1]
+            mask = np.zeros(stop - start, dtype=bool)
+            mask[np.asarray(channels, dtype=np.int64)] = True
+            keep[start:stop] = mask
+        return keep
+
+    def kept_atoms(self, keep: np.ndarray) -> np.ndarray:
+        return keep[self.atom_channel]
+
+    def kept_sizes(self, keep: np.ndarray) -> np.ndarray:
+        """Size of every dim after pruning."""
+        atoms = self.kept_atoms(keep).astype(np.int64)
+        if not self.dims:
+            return np.zeros(0, dtype=np.int64)
+        return np.add.reduceat(atoms, np.array([d.offset for d in self.dims])) if atoms.size else np.zeros(len(self.dims), dtype=np.int64)
+
+    def kept_index(self, keep_atoms: np.ndarray, d: Dim) -> np.ndarray:
+        return np.flatnonzero(keep_atoms[d.offset : d.offset + d.size])
+
+    def group_of(self, d: Dim) -> list[ChannelGroup]:
+        return [g for g in self.groups if d.id in g.atom_index]
+
+
+def analyse(model: Model) -> Analysis:
+    """Run every op's rule in graph order and group the tied atoms into channel groups."""
+    from .rules import RULES, unknown_op
+
+    b = Builder(model)
+    for node in model.graph.nodes:
+        b.node = node
+        try:
+            RULES.get(node.op, unknown_op)(node, b)
+        except _ShapeUnknown as exc:
+            b.block_node(f"{node.op} '{node.name}': shape of '{exc}' is unknown")
+    b.node = None
+    for out in model.graph.outputs:
+        axis = b.axis_of(out)
+        if axis is not None:
+            b.block(b.by_key[(out.name, axis)], f"reaches graph output '{out.name}'")
+        b.block(out, f"reaches graph output '{out.name}'")
+    return _group(model, b)
+
+
+def _group(model: Model, b: Builder) -> Analysis:
+    n = b.n_atoms
+    if b.edges:
+        u = np.concatenate([e[0] for e in b.edges])
+        v = np.concatenate([e[1] for e in b.edges])
+    else:
+        u = v = np.zeros(0, dtype=np.int64)
+    adjacency = coo_matrix((np.ones(len(u), dtype=np.int8), (u, v)), shape=(n, n))
+    n_comp, comp = connected_components(adjacency, directed=False)
+
+    sizes = np.array([d.size for d in b.dims], dtype=np.int64)
+    atom_dim = np.repeat(np.arange(len(b.dims)), sizes)
+    # Signature of a component = the sorted set of dims it touches.
+    pairs = np.unique(comp.astype(np.int64) * max(len(b.dims), 1) + atom_dim)
+    pair_comp, pair_dim = np.divmod(pairs, max(len(b.dims), 1))
+    bounds = np.flatnonzero(np.diff(pair_comp)) + 1
+    comp_dims = np.split(pair_dim, bounds)
+    comp_ids = pair_comp[np.r_[0, bounds]] if len(pairs) else np.zeros(0, dtype=np.int64)
+
+    first_atom = np.full(n_comp, n, dtype=np.int64)
+    np.minimum.at(first_atom, comp, np.arange(n))
+
+    signature_group: dict[tuple, int] = {}
+    comp_group = np.zeros(n_comp, dtype=np.int64)
+    members: list[list[int]] = []
+    for cid, dims in sorted(zip(comp_ids.tolist(), comp_dims), key=lambda x: first_atom[x[0]]):
+        key = tuple(dims.tolist())
+        gid = signature_group.setdefault(key, len(signature_group))
+        if gid == len(members):
+            members.append([])
+        comp_group[cid] = gid
+        members[gid].append(cid)
+
+    comp_channel = np.zeros(n_comp, dtype=np.int64)
+    for comps in members:
+        comp_channel[comps] = np.arange(len(comps))
+    group_sizes = np.array([len(m) for m in members], dtype=np.int64)
+    group_offsets = np.concatenate([[0], np.cumsum(group_sizes)])
+    atom_group = comp_group[comp]
+    atom_channel = group_offsets[atom_group] + comp_channel[comp]
+
+    groups = []
+    for (key, gid) in signature_group.items():
+        g = ChannelGroup(gid, list(key), int(group_sizes[gid]))
+        for did in key:
+            d = b.dims[did]
+            local = np.flatnonzero(atom_group[d.offset : d.offset + d.size] == gid)
+            g.atom_index[did] = local
+            g.channel_atoms[did] = comp_channel[comp[d.offset + local]]
+            if d.blocked and d.blocked not in g.blocked:
+                g.blocked.append(d.blocked)
+        g.name = _group_name(model, b.dims, g)
+        groups.append(g)
+    groups.sort(key=lambda g: g.id)
+    return Analysis(model, b.dims, groups, b.patches, atom_channel, group_offsets, b.by_key)
+
+
+def _group_name(model: Model, dims: list[Dim], g: ChannelGroup) -> str:
+    """Name a group after the nodes producing its channels, else its first tensor."""
+    producers = [dims[d] for d in g.dims if dims[d].role == OUT and dims[d].node is not None]
+    if producers:
+        names = [model.graph.nodes[p.node].name or f"node{p.node}" for p in producers]
+        return "+".join(names[:3]) + ("+..." if len(names) > 3 else "")
+    return dims[g.dims[0]].tensor
