@@ -1,0 +1,36 @@
+# onnxprune: `make demo` compresses the bundled model, `make test` runs the test suite.
+# Both create a virtual environment in .venv on first use (CPU onnxruntime, CPU torch 2.13.0).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= out
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned: the local CPU build; any other version would pull CUDA packages.
+	$(BIN)/pip install -q -e '.[cpu,torch,dev]' torch==2.13.0
+	# torchvision (test-only model definitions) must not upgrade torch: no deps.
+	$(BIN)/pip install -q --no-deps torchvision==0.28.0
+	$(BIN)/pip install -q onnxscript
+	touch $@
+
+demo: setup
+	mkdir -p $(OUT)
+	$(BIN)/python models/demo.py --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis
