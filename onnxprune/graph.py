@@ -215,7 +215,7 @@ def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _analysis_graph(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> gs.Graph:
     inferred = infer_shapes(with_input_shapes(proto, shapes))
     graph = gs.import_onnx(inferred)
-    missing = [t for t in graph.tensors().values() if isinstance(t, gs.Variable) and t.shape is None]
+    missing = [t for t in graph.tensors().values() if isinstance(t, gs.Variable) and not _static(t.shape)]
     if missing:
         _fill_shapes_with_onnxruntime(inferred, graph, shapes)
     return graph
@@ -228,7 +228,7 @@ def _fill_shapes_with_onnxruntime(proto: onnx.ModelProto, graph: gs.Graph, shape
 
     ort = require_onnxruntime()
     tensors = graph.tensors()
-    names = [n for n, t in tensors.items() if isinstance(t, gs.Variable) and t.shape is None and n]
+    names = [n for n, t in tensors.items() if isinstance(t, gs.Variable) and not _static(t.shape) and n]
     probe = copy.deepcopy(proto)
     existing = {o.name for o in probe.graph.output}
     for name in names:
@@ -245,9 +245,13 @@ def _fill_shapes_with_onnxruntime(proto: onnx.ModelProto, graph: gs.Graph, shape
     outs = sess.run([o.name for o in sess.get_outputs()], feeds)
     for o, value in zip(sess.get_outputs(), outs):
         t = tensors.get(o.name)
-        if isinstance(t, gs.Variable) and t.shape is None:
+        if isinstance(t, gs.Variable) and not _static(t.shape):
             t.shape = list(np.shape(value))
             t.dtype = np.asarray(value).dtype
+
+
+def _static(shape) -> bool:
+    return shape is not None and all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape)
 
 
 _ORT_DTYPES = {
