@@ -1,0 +1,106 @@
+"""LDRF-style reconstruction: exactness, fold algebra, streaming, fallback."""
+
+import numpy as np
+import pytest
+
+from graphs import G
+from onnxprune import analyse, load_model
+from onnxprune.reconstruct import Moments, channels_of, find_consumers, fit, fold, reconstruct, weight_blocks
+from onnxprune.rewrite import random_inputs, rewrite, run
+
+
+def dependent_channels_model(flatten: bool):
+    """conv1 makes 6 channels of which 4 and 5 are linear combinations of 0..3 (no bias, no
+    nonlinearity before the consumer), so removing them loses nothing a fit cannot restore."""
+    g = G(0)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    w[4] = w[0] + 2 * w[1]
+    w[5] = 0.5 * w[2] - w[3]
+    y = g.op("Conv", ["x", g.const(w)], kernel_shape=[3, 3], pads=[1] * 4)
+    if flatten:
+        flat = g.op("Flatten", [y], axis=1)  # 6 x 8 x 8 -> 384
+        out = g.op("Gemm", [flat, g.w(5, 384), g.w(5)], transB=1)
+    else:
+        out = g.head(g.op("Relu", [g.conv(y, 6, 7)]), 7)
+    return g.model(out)
+
+
+def batches(n=4, seed=0, shape=(8, 3, 8, 8)):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["conv", "flatten-gemm"])
+@pytest.mark.parametrize("mode", ["local", "ldrf"])
+def test_exact_when_removed_channels_are_linear_combinations(flatten, mode):
+    analysis = analyse(load_model(dependent_channels_model(flatten)))
+    group = next(g for g in analysis.prunable_groups if g.size == 6)
+    keep = analysis.keep_vector({group.id: np.arange(4)})
+    plain = rewrite(analysis, keep)
+    fixed, report = reconstruct(analysis, keep, plain, batches(), mode=mode, ridge=1e-9)
+    assert report.fitted
+    feeds = batches(1, seed=9)[0]
+    want = run(analysis.model.proto, feeds)[0]
+    got = run(fixed, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    assert np.abs(run(plain, feeds)[0] - want).max() > 10 * np.abs(got - want).max()
+    assert len(fixed.graph.node) == len(plain.graph.node)  # no layer added
+
+
+def test_fold_equals_explicit_compensation():
+    """W' x_K + delta == W (A [x_K; 1]) for a conv weight, tap by tap."""
+    rng = np.random.default_rng(1)
+    analysis = analyse(load_model(dependent_channels_model(False)))
+    c = next(c for c in find_consumers(analysis) if c.in_dim.size == 6)
+    w = rng.standard_normal((7, 6, 3, 3))
+    kept = np.array([0, 2, 3, 5])
+    a = rng.standard_normal((6, 5))
+    new_w, delta = fold(w, c, a, kept)
+    x_k = rng.standard_normal(4)
+    explicit = np.einsum("ocij,c->oij", w, a[:, :4] @ x_k + a[:, 4])
+    folded = np.einsum("okij,k->oij", new_w, x_k)
+    np.testing.assert_allclose(folded.sum((1, 2)) + delta, explicit.sum((1, 2)), rtol=1e-10)
+    np.testing.assert_allclose(folded, explicit - np.einsum("ocij,c->oij", w, a[:, 4]), rtol=1e-10)
+    w3, _ = weight_blocks(w, c)
+    assert w3.shape == (7, 3, 3, 6, 1)
+
+
+def test_streamed_moments_equal_all_at_once():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((12, 5, 4, 4))
+    kept = np.array([0, 1, 3])
+    streamed = Moments()
+    for part in np.array_split(x, 4):
+        t = channels_of(part, 1)
+        streamed.update(t, t[kept])
+    t = channels_of(x, 1)
+    whole = Moments()
+    whole.update(t, t[kept])
+    for key in ("t", "z", "tt", "tz", "zz"):
+        np.testing.assert_allclose(getattr(streamed, key), getattr(whole, key))
+    assert streamed.n == whole.n == 12 * 16
+    a = fit(streamed, kept, ridge=0.0)
+    np.testing.assert_allclose(a[kept, :3], np.eye(3))  # local mode: kept rows are the identity
+
+
+def test_fallback_when_fit_makes_things_worse(monkeypatch):
+    """A fit that increases the consumer's error on the calibration data is dropped: the
+    consumer keeps plain removal (here a deliberately bad fit forces that path)."""
+    import onnxprune.reconstruct as rec
+
+    g = G(3)
+    y = g.op("Relu", [g.conv("x", 3, 6)])
+    analysis = analyse(load_model(g.model(g.head(g.conv(y, 6, 5), 5))))
+    group = next(g for g in analysis.prunable_groups if g.size == 6)
+    keep = analysis.keep_vector({group.id: np.array([0, 1, 2])})
+    plain = rewrite(analysis, keep)
+    good, report = reconstruct(analysis, keep, plain, batches(), mode="local")
+    assert report.fitted and all(v < 1.0 for v in report.gain.values())
+
+    real_fit = rec.fit
+    monkeypatch.setattr(rec, "fit", lambda m, kept, *a, **k: real_fit(m, kept, *a, **k) * 50.0)
+    fixed, report = reconstruct(analysis, keep, plain, batches(), mode="local")
+    assert report.fallback and not report.fitted
+    feeds = random_inputs(analysis.model.proto, analysis.model.input_shapes)
+    np.testing.assert_array_equal(run(fixed, feeds)[0], run(plain, feeds)[0])
