@@ -41,3 +41,60 @@ input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME:D0,D1,...",
     help="Concrete shape for an input with symbolic dimensions (repeatable). A symbolic batch defaults to 1.",
 )
+
+
+def read_plan(path: str):
+    """The plan at ``path``, or a one-line error naming the file."""
+    from onnxprune import Plan
+
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OnnxPruneError(f"{path}: cannot read plan ({getattr(exc, 'strerror', None) or exc})") from exc
+    return Plan.from_json(text)
+
+
+def data_options(fn):
+    """Options of the commands that read calibration/evaluation data."""
+    options = [
+        click.option("--data", type=click.Path(), help="Calibration data: .npz (arrays named after the inputs, "
+                     "optional 'labels'), .npy, or a folder of images."),
+        click.option("--eval-data", type=click.Path(), help="Evaluation data for --allocation sensitivity "
+                     "(labels give accuracy drop; else fidelity to the original) [default: --data]."),
+        click.option("--calib-batches", type=int, help="Use at most N batches of --data for calibration."),
+        click.option("--batch-size", type=int, help="Batch size [default: chosen from a 1 GiB activation budget]."),
+        click.option("--eval-images", type=int, default=512, show_default=True,
+                     help="Images of the evaluation data used per sensitivity evaluation."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="onnxruntime execution provider (cuda falls back to cpu with a message)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+class Progress:
+    """``progress(stage, done, total)`` drawn as tqdm bars on stderr, only on a terminal."""
+
+    def __init__(self, quiet: bool = False):
+        import sys
+
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bars = {}
+
+    def __enter__(self):
+        return self if self.enabled else None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total or None, desc=stage, unit="it", leave=False, dynamic_ncols=True)
+        bar.total = total or bar.total
+        bar.update(done - bar.n)
+
+    def __exit__(self, *exc):
+        for bar in self.bars.values():
+            bar.close()
+        return False

@@ -7,15 +7,19 @@ from pathlib import Path
 
 import click
 
-from .common import input_shape_option, output_path, parse_input_shapes
+from .common import Progress, data_options, input_shape_option, output_path, parse_input_shapes
 
 EXAMPLES_COMPRESS = """
 \b
 Examples:
-  onnxprune compress model.onnx --flops 0.3
+  onnxprune compress model.onnx --flops 0.3                       # data-free (L1 norms)
+  onnxprune compress model.onnx --flops 0.5 --data calib.npz      # HRank + LDRF reconstruction
+  onnxprune compress model.onnx --flops 0.5 --data calib.npz --allocation sensitivity --eval-data val.npz
   onnxprune compress model.onnx --params 0.5 --round-to 8 -o small.onnx --json
   onnxprune compress model.onnx --flops 0.3 --input-shape input:1,3,320,320
 """
+
+CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]
 
 
 @click.command(epilog=EXAMPLES_COMPRESS)
@@ -24,48 +28,94 @@ Examples:
 @click.option("--params", type=float, help="Fraction of parameters to remove (instead of --flops).")
 @click.option("-o", "--output", type=click.Path(), help="Pruned model path [default: MODEL.pruned.onnx].")
 @click.option("--plan", "plan_path", type=click.Path(), help="Plan JSON path [default: OUTPUT with .plan.json].")
-@click.option("--criterion", type=click.Choice(["l1", "l2", "fpgm", "bn_scale", "random"]), help="Channel score [default: l1].")
-@click.option("--allocation", type=click.Choice(["uniform"]), default="uniform", show_default=True,
-              help="uniform: one ratio for every group, found by binary search (ACRA).")
+@click.option("--criterion", type=click.Choice(CRITERIA),
+              help="Channel score [default: hrank with --data, else l1]. hrank/apoz/mean_activation/recon need --data.")
+@click.option("--allocation", type=click.Choice(["uniform", "sensitivity", "global"]), default="uniform", show_default=True,
+              help="uniform: one ratio for all groups (ACRA binary search); sensitivity: per-group damage curves "
+                   "and a shared threshold (ACRA); global: channels ranked across groups.")
+@click.option("--reconstruct", type=click.Choice(["none", "local", "ldrf"]),
+              help="Compensate removed channels in the next layers [default: ldrf with --data, else none].")
+@click.option("--sensitivity", "sensitivity_path", type=click.Path(), help="Reuse a saved `onnxprune sensitivity` JSON.")
 @click.option("--max-ratio", type=float, default=0.8, show_default=True, help="Most of any group's channels that may go.")
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Fewest channels any group keeps.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Kept channel counts are multiples of N (fast kernels).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices (random criterion, checks).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
+@data_options
 @input_shape_option
+@click.option("--report", "report_path", type=click.Path(), help="Also write a report (.html, .json or .txt by extension).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def compress(model, flops, params, output, plan_path, criterion, allocation, max_ratio, min_channels, round_to, seed,
-             input_shapes, force, as_json, quiet):
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, nothing printed on success.")
+def compress(model, flops, params, output, plan_path, criterion, allocation, reconstruct, sensitivity_path, max_ratio,
+             min_channels, round_to, seed, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
+             report_path, force, as_json, quiet):
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
+    from onnxprune.errors import OnnxPruneError
     from onnxprune.graph import write_bytes_atomic
+    from onnxprune.sensitivity import Sensitivity
 
     if (flops is None) == (params is None):
         raise click.UsageError("give exactly one of --flops or --params")
     target = Target("flops", flops) if flops is not None else Target("params", params)
     out = output_path(model, output, ".pruned.onnx", force)
     plan_out = Path(plan_path) if plan_path else out.with_suffix(".plan.json")
-    settings = Settings(target, criterion, allocation, Limits(max_ratio, min_channels, round_to), seed)
-    result = run_compress(model, settings, parse_input_shapes(input_shapes))
+    sens = None
+    if sensitivity_path:
+        try:
+            sens = Sensitivity.from_json(Path(sensitivity_path).read_text())
+        except OSError as exc:
+            raise OnnxPruneError(f"{sensitivity_path}: cannot read ({exc.strerror})") from exc
+    settings = Settings(
+        target=target, criterion=criterion, allocation=allocation, limits=Limits(max_ratio, min_channels, round_to),
+        reconstruct=reconstruct, seed=seed, calib_batches=calib_batches, batch_size=batch_size,
+        eval_images=eval_images, providers=_providers(device),
+    )
+    with Progress(quiet or as_json) as progress:
+        result = run_compress(model, settings, parse_input_shapes(input_shapes), data=data, eval_data=eval_data,
+                              sensitivity=sens, progress=progress)
     save_model(result.model, out)
     write_bytes_atomic(plan_out, result.plan.to_json().encode())
     summary = {**result.summary, "output": str(out), "plan": str(plan_out)}
+    if report_path:
+        from onnxprune.report import write_report
+
+        write_report(report_path, model, plan=result.plan, result=result)
+        summary["report"] = str(report_path)
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     elif not quiet:
         click.echo(format_summary(summary))
 
 
+def _providers(device: str):
+    if device == "cpu":
+        return ("CPUExecutionProvider",)
+    if device == "cuda":
+        return ("CUDAExecutionProvider", "CPUExecutionProvider")
+    return None  # auto
+
+
 def format_summary(s: dict) -> str:
     g, seconds = s["groups"], s["seconds"]
-    return "\n".join([
+    how = f"{s['allocation']}" + (f" ratio {s['uniform_ratio']:.3f}" if s.get("uniform_ratio") is not None else "")
+    lines = [
         f"MACs     {s['macs_before']:>15,} -> {s['macs_after']:>15,}  (-{s['flops_reduction']:.1%})",
         f"params   {s['params_before']:>15,} -> {s['params_after']:>15,}  (-{s['params_reduction']:.1%})",
         f"target   remove {s['target']['fraction']:.0%} of {s['target']['kind']}; achieved {s['achieved']:.1%}"
-        f" with {s['allocation']} ratio {s['uniform_ratio']:.3f}, criterion {s['criterion']}",
+        f" with {how}, criterion {s['criterion']}, reconstruction {s.get('reconstruct', 'none')}",
         f"groups   {g['pruned']} pruned of {g['prunable']} prunable ({g['total']} total, {g['blocked']} blocked); "
         f"{s['channels']['removed']} of {s['channels']['prunable']} channels removed",
+    ]
+    if "calibration" in s:
+        c = s["calibration"]
+        lines.append(f"data     {c['images']} calibration images on {c['provider']}" +
+                     "".join(f"; {w}" for w in c["warnings"]))
+    if "reconstruction" in s:
+        r = s["reconstruction"]
+        lines.append(f"recon    {r['fitted']} consumers compensated, {r['fallback']} left plain, {r['passes']} passes")
+    lines += [
         f"time     {sum(seconds.values()):.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()) + ")",
-        f"wrote    {s['output']} and {s['plan']}",
-    ])
+        f"wrote    {s['output']} and {s['plan']}" + (f" and {s['report']}" if s.get("report") else ""),
+    ]
+    return "\n".join(lines)

@@ -15,7 +15,9 @@ from onnxprune.errors import OnnxPruneError
 
 from .apply import apply
 from .compress import compress
+from .evaluate import evaluate
 from .inspect import inspect
+from .sensitivity import sensitivity
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -32,7 +34,7 @@ def cli(ctx, debug):
     ctx.ensure_object(dict)["debug"] = debug
 
 
-for command in (compress, apply, inspect):
+for command in (compress, apply, inspect, sensitivity, evaluate):
     cli.add_command(command)
 
 

@@ -13,6 +13,18 @@ the same set of dims form a *ChannelGroup*. For Conv -> BN -> Relu -> Conv::
 Atoms that reach a graph input or output, or an op without a rule, are *blocked*: their groups
 are reported with a reason and never pruned.
 
+Two kinds of tensors need more than one channel axis per tensor:
+
+* a *spread* tensor carries its channels over several axes (channel shuffle's [N, g, C/g, H, W]):
+  it keeps an index array (the source atom at each position of those axes) that Reshape and
+  Transpose push along until one channel axis appears again; any other consumer blocks it;
+* an *alias* is a weight computed from constants alone (``DequantizeLinear`` of int8 weights):
+  its dims are the dims of the constant behind it, which the rewrite slices.
+
+Shape values computed at run time (``Shape -> Gather -> Concat`` targets, chunk bounds) are
+evaluated by ``shape_values.py``; after grouping, each value a rule depends on is proved to
+follow the pruned counts, patched, or its channels are blocked.
+
     analysis = analyse(load_model("model.onnx"))
     [g.name for g in analysis.groups if g.prunable]
 """
@@ -27,6 +39,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .graph import Model
+from .shape_values import Expectation, Expr, Forms, ShapeValues, exclusive_path, patchable_literal, static
 
 # Roles of weight dims; the criteria and the reconstruction look for them.
 OUT = "out"  # output-channel axis of a weight (Conv W axis 0): a producer of channels
@@ -75,6 +88,21 @@ class ChannelGroup:
         return not self.blocked and self.size > 1
 
 
+@dataclass
+class Spread:
+    """Channels of ``src`` laid over several axes of a tensor.
+
+    ``index`` has the sizes of ``axes`` (increasing) and holds the ``src`` atom at each position.
+    Pruning shortens axis ``shrink`` only: the atoms at one position along it are tied, so a plan
+    removes whole slices and the pruned tensor is a sub-array of the original.
+    """
+
+    src: Dim
+    axes: tuple[int, ...]
+    index: np.ndarray
+    shrink: int
+
+
 class Builder:
     """What a rule sees: shapes and constants of the graph, and the operations on atoms."""
 
@@ -90,6 +118,11 @@ class Builder:
         self.patches: list[tuple[int, object]] = []
         self.n_atoms = 0
         self.node: gs.Node | None = None  # the node whose rule runs
+        self.spread: dict[str, Spread] = {}
+        self.taken: set[str] = set()  # spread inputs the current rule followed
+        self.aliases: dict[str, tuple[str, list[int | None]]] = {}  # tensor -> (constant, axis map)
+        self.expectations: list[Expectation] = []
+        self.shape_values = ShapeValues(self)
 
     # --- reading the graph -------------------------------------------------------------
     def shape(self, t: gs.Tensor) -> tuple[int, ...]:
@@ -101,9 +134,9 @@ class Builder:
     def rank(self, t: gs.Tensor) -> int:
         return len(self.shape(t))
 
-    @staticmethod
-    def is_const(t: gs.Tensor) -> bool:
-        return isinstance(t, gs.Constant)
+    def is_const(self, t: gs.Tensor) -> bool:
+        """A constant, or an alias of one (a weight dequantised from int8 constants)."""
+        return isinstance(t, gs.Constant) or t.name in self.aliases
 
     def value(self, t: gs.Tensor) -> np.ndarray:
         return np.asarray(t.values)
@@ -137,9 +170,15 @@ class Builder:
         blocked dim whose reason says where the channels came from.
         """
         axis = axis % self.rank(t)
+        if t.name in self.aliases:
+            source, axes = self.aliases[t.name]
+            if axes[axis] is not None:
+                return self.dim(self.tensors[source], axes[axis], role)
+        if t.name in self.spread:
+            self.block(self.spread[t.name].src, self._spread_reason(t))
         d = self.by_key.get((t.name, axis))
         if d is None:
-            d = self._new_dim(t, axis, constant=self.is_const(t))
+            d = self._new_dim(t, axis, constant=isinstance(t, gs.Constant))
             if not d.constant:
                 d.blocked = self._undefined_reason(t, axis)
         if self.node is not None and not d.constant and t.name in self.channel_axis:
@@ -178,6 +217,10 @@ class Builder:
             if d.blocked is None:
                 d.blocked = reason
             return
+        if d.name in self.spread:
+            self.block(self.spread[d.name].src, reason)
+        if d.name in self.aliases:
+            self.block(self.tensors[self.aliases[d.name][0]], reason)
         self.blocked_tensors.setdefault(d.name, reason)
         for (name, _), dim in self.by_key.items():
             if name == d.name and dim.blocked is None:
@@ -191,7 +234,7 @@ class Builder:
         """Block every input that carries channels and define no output channels."""
         node = self.node
         for t in node.inputs:
-            if t.name and (self.is_const(t) or t.name in self.channel_axis):
+            if t.name and (self.is_const(t) or t.name in self.channel_axis or t.name in self.spread):
                 self.block(t, reason)
         for t in node.outputs:
             self.refuse(t, reason)
@@ -199,6 +242,60 @@ class Builder:
     def patch(self, fn) -> None:
         """Register ``fn(node_proto, ctx)``, run at rewrite time to fix attributes/shape constants."""
         self.patches.append((self.model.index_of(self.node), fn))
+
+    # --- tensors with channels on several axes, and weights computed from constants --------
+    def spread_of(self, t: gs.Tensor) -> Spread | None:
+        """The spread of ``t`` (a rule that calls this follows it; any other use blocks it)."""
+        s = self.spread.get(t.name)
+        if s is not None:
+            self.taken.add(t.name)
+        return s
+
+    def set_spread(self, t: gs.Tensor, spread: Spread) -> None:
+        self.spread[t.name] = spread
+
+    def _spread_reason(self, t: gs.Tensor) -> str:
+        s = self.spread[t.name]
+        return f"{self._who()} reads '{t.name}', whose channels are spread over axes {list(s.axes)}"
+
+    def alias(self, t: gs.Tensor, source: gs.Tensor, axes: list[int | None]) -> None:
+        """``t`` is computed from the constant ``source`` alone; its axis a is source axis axes[a]."""
+        if source.name in self.aliases:
+            source_name, inner = self.aliases[source.name]
+            axes = [None if a is None else inner[a] for a in axes]
+        else:
+            source_name = source.name
+        self.aliases[t.name] = (source_name, axes)
+
+    # --- shape values computed at run time ---------------------------------------------------
+    def int_values(self, t: gs.Tensor) -> np.ndarray | None:
+        """Value of a shape-like input: a constant, or computed from static shapes (else None)."""
+        if isinstance(t, gs.Constant):
+            return np.asarray(t.values)
+        return self.shape_values.values(t)
+
+    def expect(self, pos: int, required: list, what: str, zero_copies: gs.Tensor | None = None) -> bool:
+        """Input ``pos`` of the current node must become ``required`` (per element) after pruning.
+
+        A constant input is patched at rewrite time; a computed one is checked after grouping.
+        ``zero_copies``: a Reshape input whose size an entry 0 copies. Returns False (and blocks
+        the node) if the input cannot be evaluated.
+        """
+        t = self.node.inputs[pos]
+        r = self.shape_values.of(t)
+        if r is None:
+            self.block_node(f"{self._who()}: {what} is computed at run time by ops onnxprune cannot evaluate")
+            return False
+        elems = r[1]
+        if isinstance(t, gs.Constant):
+            index = self.model.index_of(self.node)
+            elems = [Expr(e.value, "lit", (), (index, pos, i, ())) for i, e in enumerate(elems)]
+        if zero_copies is not None:
+            shape = self.shape(zero_copies)
+            elems = [Expr(shape[i], "size", (zero_copies.name, i)) if e.value == 0 and i < len(shape) else e
+                     for i, e in enumerate(elems)]
+        self.expectations.append(Expectation(self.model.index_of(self.node), pos, elems, list(required), f"{self._who()}: {what}"))
+        return True
 
     def _who(self) -> str:
         return f"{self.node.op} '{self.node.name}'" if self.node is not None else "graph"
@@ -265,17 +362,110 @@ def analyse(model: Model) -> Analysis:
     b = Builder(model)
     for node in model.graph.nodes:
         b.node = node
+        b.taken = set()
         try:
             RULES.get(node.op, unknown_op)(node, b)
         except _ShapeUnknown as exc:
             b.block_node(f"{node.op} '{node.name}': shape of '{exc}' is unknown")
+        for t in node.inputs:
+            if t.name in b.spread and t.name not in b.taken:
+                b.block(b.spread[t.name].src, b._spread_reason(t))
     b.node = None
     for out in model.graph.outputs:
         axis = b.axis_of(out)
         if axis is not None:
             b.block(b.by_key[(out.name, axis)], f"reaches graph output '{out.name}'")
         b.block(out, f"reaches graph output '{out.name}'")
-    return _group(model, b)
+    analysis = _group(model, b)
+    _check_expectations(analysis, b)
+    return analysis
+
+
+def _check_expectations(analysis: Analysis, b: Builder) -> None:
+    """Prove each run-time shape value follows the pruned counts, else patch it, else block.
+
+    An element computed from sizes that equals its requirement for every plan (compared as affine
+    functions of the channels' keep indicators) stays as it is, dynamic batch included. One that
+    must change is patched: a literal in place; a computed one that depends on channel counts
+    only (``(C + 1) // 2`` of a chunk) is replaced by a constant, the whole input if all its
+    elements are such, else its entry of the Concat that builds the vector. Otherwise the
+    groups of the channels involved are blocked.
+    """
+    forms = Forms(analysis, b)
+    for ex in b.expectations:
+        pending = []
+        for i, (elem, req) in enumerate(zip(ex.elems, ex.required)):
+            want = forms.required(req)
+            if want is None:
+                continue
+            have = forms.of(elem)
+            if have.exact and not have.plus(want, -1).channels():
+                continue
+            pending.append((i, elem, req, want, have))
+        if not pending:
+            continue
+        node = analysis.model.graph.nodes[ex.node]
+        if all(static(forms, e) for e in ex.elems) and node.inputs[ex.pos] not in analysis.model.graph.inputs:
+            overrides = {i: req for i, _, req, _, _ in pending}
+            analysis.patches.append((ex.node, _replace_input(ex.pos, _typed_values(b, node.inputs[ex.pos]), overrides)))
+            continue
+        failing: set[int] = set()
+        for i, elem, req, want, have in pending:
+            if patchable_literal(b, elem, ex):
+                analysis.patches.append((elem.origin[0], _literal_patch(elem.origin, req)))
+            elif elem.origin and static(forms, elem) and _static_entry(b, forms, elem):
+                entry = analysis.model.graph.nodes[elem.origin[0]].inputs[elem.origin[1]]
+                analysis.patches.append((elem.origin[0], _replace_input(elem.origin[1], _typed_values(b, entry), {elem.origin[2]: req})))
+            else:
+                failing |= want.channels() | have.channels()
+        if failing:
+            reason = f"{ex.what} is computed at run time and would not follow the pruned channel count"
+            for gid in {int(forms.channel_group[c]) for c in failing}:
+                if reason not in analysis.groups[gid].blocked:
+                    analysis.groups[gid].blocked.append(reason)
+
+
+def _static_entry(b: Builder, forms: Forms, elem) -> bool:
+    """The Concat input an element entered holds only static values and leads here alone."""
+    node = b.model.graph.nodes[elem.origin[0]]
+    r = b.shape_values.of(node.inputs[elem.origin[1]])
+    return r is not None and all(static(forms, e) for e in r[1]) and exclusive_path(b, elem.origin)
+
+
+def _typed_values(b: Builder, t: gs.Tensor) -> np.ndarray:
+    values = b.int_values(t)
+    try:
+        return values.astype(np.dtype(t.dtype)) if t.dtype is not None else values
+    except TypeError:
+        return values
+
+
+def _replace_input(pos: int, original: np.ndarray, overrides: dict):
+    """Point input ``pos`` at a constant: the original values with some entries set to the
+    kept sizes they must take (a computed bound becomes a literal)."""
+    original = np.asarray(original)
+
+    def fix(node, ctx) -> None:
+        name = node.input[pos]
+        values = (ctx.constant(name) if name in ctx.inits else original).copy()
+        flat = values.reshape(-1)
+        for i, req in overrides.items():
+            flat[i] = req.at(ctx)
+        ctx.replace_constant(node, pos, values, f"{node.name or node.output[0]}_{pos}")
+
+    return fix
+
+
+def _literal_patch(origin, req):
+    """Set one entry of a constant input (a shape literal) to the requirement's value."""
+    _, pos, flat, _ = origin
+
+    def fix(node, ctx) -> None:
+        values = ctx.constant(node.input[pos]).copy()
+        values.reshape(-1)[flat] = req.at(ctx)
+        ctx.replace_constant(node, pos, values, f"{node.name or node.output[0]}_shape")
+
+    return fix
 
 
 def _group(model: Model, b: Builder) -> Analysis:

@@ -1,8 +1,9 @@
 """Cost model: MACs and parameters as closed-form functions of the kept channels.
 
-FLOPs here are **multiply-accumulates (MACs)** of Conv, ConvTranspose, Gemm and MatMul at the
-analysis input shape (batch 1 unless the model fixes another); elementwise ops, pooling and
-normalisation are not counted. **Parameters** are the elements of every floating-point
+FLOPs here are **multiply-accumulates (MACs)** of Conv, ConvTranspose, Gemm, MatMul and
+two-operand Einsum at the analysis input shape (batch 1 unless the model fixes another); elementwise
+ops, pooling and normalisation are not counted. A weight dequantised from integer constants (QDQ
+models) counts like the float weight it stands for. **Parameters** are the elements of every floating-point
 initializer of rank >= 1 (weights, biases, BatchNorm statistics; scalars such as Clip bounds are
 settings, not parameters).
 
@@ -57,7 +58,8 @@ class CostModel:
             if term is not None:
                 macs.append((i, *term))
             for t in node.inputs:
-                if isinstance(t, gs.Constant) and t.name not in seen and _is_float(t) and len(t.shape) > 0:
+                quantized = node.op == "DequantizeLinear" and t is node.inputs[0]  # int8 weights
+                if isinstance(t, gs.Constant) and t.name not in seen and (_is_float(t) or quantized) and len(t.shape) > 0:
                     seen.add(t.name)
                     shape = tuple(t.shape)
                     params.append((i, *self._factors(t, shape, range(len(shape)))))
@@ -77,28 +79,56 @@ class CostModel:
 
     def _mac_term(self, node: gs.Node):
         try:
-            if node.op == "Conv" and isinstance(node.inputs[1], gs.Constant):
-                w, y = node.inputs[1], node.outputs[0]
+            w = _weight(node.inputs[1]) if len(node.inputs) > 1 else None
+            if node.op == "Conv" and w is not None:
+                y = node.outputs[0]
                 coef, dims = self._factors(w, tuple(w.shape), (0, 1))
                 return coef * np.prod(y.shape[:1] + y.shape[2:]) * np.prod(w.shape[2:]), dims
-            if node.op == "ConvTranspose" and isinstance(node.inputs[1], gs.Constant):
-                x, w = node.inputs[0], node.inputs[1]
+            if node.op == "ConvTranspose" and w is not None:
+                x = node.inputs[0]
                 coef, dims = self._factors(w, tuple(w.shape), (0, 1))
                 return coef * np.prod(x.shape[:1] + x.shape[2:]) * np.prod(w.shape[2:]), dims
-            if node.op == "Gemm" and isinstance(node.inputs[1], gs.Constant):
-                a, w = node.inputs[0], node.inputs[1]
+            if node.op == "Gemm" and w is not None:
+                a = node.inputs[0]
                 rows = a.shape[1] if node.attrs.get("transA", 0) else a.shape[0]
                 coef, dims = self._factors(w, tuple(w.shape), (0, 1))
                 return coef * rows, dims
+            if node.op == "Einsum":
+                return self._einsum_term(node)
             if node.op == "MatMul":
-                x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-                if isinstance(w, gs.Constant) and len(w.shape) == 2:
+                x, y = node.inputs[0], node.outputs[0]
+                if w is not None and len(w.shape) == 2:
                     coef, dims = self._factors(w, tuple(w.shape), (0, 1))
                     return coef * np.prod(x.shape[:-1]), dims
                 return float(np.prod(y.shape) * x.shape[-1]), []
         except (TypeError, IndexError):  # unknown shapes: not counted
             return None
         return None
+
+    def _einsum_term(self, node: gs.Node):
+        """MACs of a two-operand Einsum: the product of the sizes of all its letters, each letter's
+        size taken from the first operand (or the output) whose axis the analysis tracks."""
+        from .rules import _einsum_terms  # the rule's parser: one reading of the equation
+
+        class _Shapes:  # the parser asks only for ranks
+            rank = staticmethod(lambda t: len(t.shape))
+
+        terms, out = _einsum_terms(node, _Shapes)
+        if terms is None or len(terms) != 2:
+            return None
+        coef, dims, seen = 1.0, [], set()
+        for term, t in [*zip(terms, node.inputs), (out, node.outputs[0])]:
+            t = _weight(t) or t
+            for axis, letter in enumerate(term):
+                if letter in seen:
+                    continue
+                seen.add(letter)
+                d = self.analysis.by_key.get((t.name, axis))
+                if d is None:
+                    coef *= t.shape[axis]
+                else:
+                    dims.append(d.id)
+        return coef, dims
 
     def sizes(self, keep: np.ndarray) -> np.ndarray:
         return self.analysis.kept_sizes(keep)
@@ -130,6 +160,17 @@ def _pack(terms) -> _Terms:
         np.array([t[1] for t in terms], dtype=np.float64),
         dims,
     )
+
+
+def _weight(t: gs.Tensor) -> gs.Constant | None:
+    """The constant weight of a layer: an initializer, or the integers a DequantizeLinear of
+    constants turns into it (QDQ models); None for a weight computed at run time."""
+    if isinstance(t, gs.Constant):
+        return t
+    producer = t.inputs[0] if t.inputs else None
+    if producer is not None and producer.op == "DequantizeLinear" and isinstance(producer.inputs[0], gs.Constant):
+        return producer.inputs[0]
+    return None
 
 
 def _is_float(t: gs.Constant) -> bool:

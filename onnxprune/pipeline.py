@@ -10,28 +10,42 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import onnx
 
 from .allocate import Allocation, Limits, Target, allocate_uniform, main_blockers
 from .analysis import Analysis, analyse
 from .cost import Cost, CostModel
 from .criteria import CRITERIA, score_groups
-from .errors import OnnxPruneError, TargetError
-from .graph import Model, load_model
+from .errors import OnnxPruneError, PlanError, TargetError
+from .graph import Model, load_model, read_model
 from .plan import Plan, make_plan, plan_keep
+from .reconstruct import reconstruct
 from .rewrite import rewrite, verify
+from .scoring import DATA_CRITERIA, collect, data_scores
+from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity
+
+
+RECONSTRUCT_MODES = ("none", "local", "ldrf")
+ALLOCATIONS = ("uniform", "sensitivity", "global")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What ``compress`` does. ``criterion=None`` picks the default (l1 without data)."""
+    """What ``compress`` does. ``None`` picks the default: criterion ``hrank`` with data, ``l1``
+    without; reconstruction ``ldrf`` with data, ``none`` without."""
 
     target: Target
     criterion: str | None = None
     allocation: str = "uniform"
     limits: Limits = field(default_factory=Limits)
+    reconstruct: str | None = None
     seed: int = 0
     verify: bool = True
+    calib_batches: int | None = None
+    batch_size: int | None = None
+    eval_images: int = 512  # sensitivity evaluation images (first N of the evaluation data)
+    providers: tuple | None = None
 
 
 @dataclass
@@ -41,6 +55,8 @@ class Result:
     summary: dict
     analysis: Analysis
     allocation: Allocation
+    sensitivity: Sensitivity | None = None
+    scores: dict | None = None
 
 
 class Timer:
@@ -56,38 +72,105 @@ class Timer:
         self._t = now
 
 
+class _Batches:
+    """A re-iterable view of a Dataset at one batch size (reconstruction streams it per wave)."""
+
+    def __init__(self, dataset, batch_size=None, max_batches=None):
+        self.dataset, self.batch_size, self.max_batches = dataset, batch_size, max_batches
+
+    def __iter__(self):
+        for i, batch in enumerate(self.dataset.batches(self.batch_size)):
+            if self.max_batches is not None and i >= self.max_batches:
+                return
+            yield batch
+
+
 def prepare(source, input_shapes=None) -> tuple[Model, Analysis, CostModel]:
     model = source if isinstance(source, Model) else load_model(source, input_shapes)
     analysis = analyse(model)
     return model, analysis, CostModel(analysis)
 
 
-def compress(source, settings: Settings, input_shapes=None) -> Result:
-    """Prune ``source`` (path, ModelProto or Model) to the settings' target."""
+def load_inputs(source, input_shapes=None, data=None, eval_data=None, limit=None):
+    """Read the model and the data together: the data's shapes fix symbolic input dims."""
+    from .data import input_specs, load_data
+
+    proto = source.proto if isinstance(source, Model) else (
+        source if isinstance(source, onnx.ModelProto) else read_model(source))
+    specs = input_specs(proto)
+    dataset = load_data(data, specs, limit=limit) if data is not None else None
+    evalset = load_data(eval_data, specs) if eval_data is not None else None
+    if input_shapes is None and dataset is not None:
+        first = next(iter(dataset.batches(1)))
+        input_shapes = {k: (1, *np.shape(v)[1:]) for k, v in first.items()}
+    if isinstance(source, Model):
+        return source, dataset, evalset
+    model = load_model(proto, input_shapes)
+    model.path = None if isinstance(source, onnx.ModelProto) else str(source)
+    return model, dataset, evalset
+
+
+def compress(source, settings: Settings, input_shapes=None, data=None, eval_data=None,
+             sensitivity: Sensitivity | None = None, progress=None) -> Result:
+    """Prune ``source`` (path, ModelProto or Model) to the settings' target.
+
+    ``data`` (calibration) and ``eval_data`` (sensitivity; labels give accuracy drop) are
+    anything ``onnxprune.data.load_data`` reads. ``progress(stage, done, total)`` reports long
+    stages.
+    """
     timer = Timer()
-    model, analysis, cost = prepare(source, input_shapes)
+    model, dataset, evalset = load_inputs(source, input_shapes, data, eval_data)
+    _, analysis, cost = prepare(model)
     timer.lap("analysis")
     if not analysis.prunable_groups:
         raise TargetError(f"no prunable channel group in the model: {_first_blocker(analysis)}")
-    criterion = settings.criterion or "l1"
-    if criterion not in CRITERIA:
-        raise OnnxPruneError(f"unknown criterion {criterion!r}; available: {', '.join(sorted(CRITERIA))}")
-    scores = score_groups(analysis, criterion, seed=settings.seed)
-    timer.lap("scoring")
-    if settings.allocation != "uniform":
-        raise OnnxPruneError(f"unknown allocation {settings.allocation!r}; available: uniform")
-    allocation = allocate_uniform(analysis, cost, scores, settings.target, settings.limits)
+    criterion = settings.criterion or ("hrank" if dataset is not None else "l1")
+    mode = settings.reconstruct or ("ldrf" if dataset is not None else "none")
+    _check_settings(settings, criterion, mode, dataset, evalset)
+    stage = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
+
+    calibration = None
+    if criterion in DATA_CRITERIA:
+        calibration = collect(analysis, dataset, [criterion], providers=settings.providers, progress=stage("calibration"),
+                              max_batches=settings.calib_batches, batch_size=settings.batch_size)
+        scores = data_scores(analysis, criterion, calibration, settings.seed)
+        timer.lap("calibration")
+    else:
+        scores = score_groups(analysis, criterion, seed=settings.seed)
+        timer.lap("scoring")
+
+    if settings.allocation == "sensitivity":
+        if sensitivity is None:
+            evaluator = _evaluator(analysis, evalset or dataset, settings)
+            sensitivity = measure_sensitivity(analysis, evaluator, scores, criterion, progress=stage("sensitivity"))
+            timer.lap("sensitivity")
+        else:
+            sensitivity.check(analysis)
+        allocation = allocate_sensitivity(analysis, cost, scores, sensitivity, settings.target, settings.limits)
+    elif settings.allocation == "global":
+        allocation = allocate_global(analysis, cost, scores, settings.target, settings.limits)
+    else:
+        allocation = allocate_uniform(analysis, cost, scores, settings.target, settings.limits)
     timer.lap("allocation")
+
     pruned = rewrite(analysis, allocation.keep)
     timer.lap("rewrite")
+    recon_report = None
+    if mode != "none":
+        batches = _Batches(dataset, settings.batch_size or 64, settings.calib_batches)
+        pruned, recon_report = reconstruct(analysis, allocation.keep, pruned, batches, mode=mode, seed=settings.seed,
+                                           progress=stage("reconstruction"))
+        timer.lap("reconstruction")
     if settings.verify:
         verify(model.proto, pruned, model.input_shapes, settings.seed)
         timer.lap("verify")
+
     record = {
         "target": asdict(settings.target),
         "criterion": criterion,
         "allocation": settings.allocation,
         "limits": asdict(settings.limits),
+        "reconstruct": mode,
         "seed": settings.seed,
         "uniform_ratio": allocation.ratio,
         "input_shapes": {k: list(v) for k, v in model.input_shapes.items()},
@@ -95,14 +178,74 @@ def compress(source, settings: Settings, input_shapes=None) -> Result:
     predicted = _cost_dict(allocation.base, allocation.cost)
     plan = make_plan(analysis, allocation.kept, record, predicted)
     summary = summarise(analysis, allocation, criterion, timer)
-    return Result(pruned, plan, summary, analysis, allocation)
+    summary["reconstruct"] = mode
+    if recon_report is not None:
+        summary["reconstruction"] = {"fitted": len(recon_report.fitted), "fallback": len(recon_report.fallback),
+                                     "passes": recon_report.passes}
+    if calibration is not None:
+        summary["calibration"] = {"images": calibration.num_images, "provider": calibration.provider,
+                                  "batch_size": calibration.batch_size, "warnings": list(calibration.warnings)}
+    if sensitivity is not None:
+        summary["sensitivity"] = {"metric": sensitivity.metric, "evaluations": sensitivity.evaluations,
+                                  "seconds": sensitivity.seconds, "threshold": allocation.details.get("threshold")}
+    return Result(pruned, plan, summary, analysis, allocation, sensitivity, scores)
 
 
-def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True) -> onnx.ModelProto:
-    """Reproduce the pruned model from a plan (byte-identical to ``compress``'s output)."""
-    model, analysis, _ = prepare(source, input_shapes or {k: tuple(v) for k, v in plan.settings.get("input_shapes", {}).items()} or None)
+def _check_settings(settings: Settings, criterion: str, mode: str, dataset, evalset) -> None:
+    known = sorted(CRITERIA) + list(DATA_CRITERIA)
+    if criterion not in known:
+        raise OnnxPruneError(f"unknown criterion {criterion!r}; available: {', '.join(known)}")
+    if criterion in DATA_CRITERIA and dataset is None:
+        raise OnnxPruneError(f"criterion {criterion} scores feature maps: give calibration data with --data")
+    if mode not in RECONSTRUCT_MODES:
+        raise OnnxPruneError(f"unknown reconstruction {mode!r}; available: {', '.join(RECONSTRUCT_MODES)}")
+    if mode != "none" and dataset is None:
+        raise OnnxPruneError(f"reconstruction {mode} fits on activations: give calibration data with --data")
+    if settings.allocation not in ALLOCATIONS:
+        raise OnnxPruneError(f"unknown allocation {settings.allocation!r}; available: {', '.join(ALLOCATIONS)}")
+    if settings.allocation == "sensitivity" and dataset is None and evalset is None:
+        raise OnnxPruneError("sensitivity allocation evaluates pruned candidates: give --data or --eval-data")
+
+
+def _evaluator(analysis: Analysis, dataset, settings: Settings) -> MaskedEvaluator:
+    subset = dataset.take(settings.eval_images) if dataset.num_samples and dataset.num_samples > settings.eval_images else dataset
+    batches = list(subset.batches(settings.batch_size or 128))
+    return MaskedEvaluator(analysis, batches, subset.labels, settings.providers)
+
+
+def sensitivity_analysis(source, data, criterion: str | None = None, input_shapes=None, eval_images: int = 512,
+                         seed: int = 0, progress=None, providers=None) -> tuple[Sensitivity, Analysis]:
+    """The per-group sensitivity curves alone (``onnxprune sensitivity``)."""
+    model, dataset, _ = load_inputs(source, input_shapes, data)
+    _, analysis, _ = prepare(model)
+    if not analysis.prunable_groups:
+        raise TargetError(f"no prunable channel group in the model: {_first_blocker(analysis)}")
+    criterion = criterion or "hrank"
+    if criterion in DATA_CRITERIA:
+        calibration = collect(analysis, dataset, [criterion], providers=providers,
+                              progress=(lambda d, t: progress("calibration", d, t)) if progress else None)
+        scores = data_scores(analysis, criterion, calibration, seed)
+    else:
+        scores = score_groups(analysis, criterion, seed=seed)
+    evaluator = _evaluator(analysis, dataset, Settings(Target("flops", 0.5), eval_images=eval_images, providers=providers))
+    sens = measure_sensitivity(analysis, evaluator, scores, criterion,
+                               progress=(lambda d, t: progress("sensitivity", d, t)) if progress else None)
+    return sens, analysis
+
+
+def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=None) -> onnx.ModelProto:
+    """Reproduce the pruned model from a plan (byte-identical to ``compress``'s output). A plan
+    made with reconstruction needs the same calibration data to reproduce the fitted weights."""
+    shapes = input_shapes or {k: tuple(v) for k, v in plan.settings.get("input_shapes", {}).items()} or None
+    mode = plan.settings.get("reconstruct", "none")
+    if mode != "none" and data is None:
+        raise PlanError(f"the plan was made with reconstruction '{mode}': pass the same calibration data (--data)")
+    model, dataset, _ = load_inputs(source, shapes, data if mode != "none" else None)
+    _, analysis, _ = prepare(model)
     keep = analysis.keep_vector(plan_keep(analysis, plan))
     pruned = rewrite(analysis, keep)
+    if mode != "none":
+        pruned, _ = reconstruct(analysis, keep, pruned, _Batches(dataset, 64), mode=mode, seed=plan.settings.get("seed", 0))
     if check:
         verify(model.proto, pruned, model.input_shapes)
     return pruned

@@ -124,9 +124,13 @@ class MaskedEvaluator:
         return "kl" if self.classifier else "error"
 
     def damage(self, metrics: dict[str, float], metric: str) -> float:
+        """The metric, plus 1e-4 x the (capped) output error as a tie-break: top-1 based metrics
+        and the KL of saturated softmaxes are flat zero over many ratios, and a flat curve gives
+        the threshold search nothing to choose between."""
+        tie = 1e-4 * min(metrics["error"], 1.0)
         if metric == "accuracy_drop":
-            return self.base["accuracy"] - metrics["accuracy"]
-        return metrics[metric]
+            return self.base["accuracy"] - metrics["accuracy"] + tie
+        return metrics[metric] + (tie if metric != "error" else 0.0)
 
 
 @dataclass

@@ -114,12 +114,14 @@ def test_depthwise(multiplier):
     assert any(g.size == 6 for g in analysis.prunable_groups)
 
 
-def test_grouped_conv_is_blocked_with_reason():
+def test_grouped_conv_is_prunable():
+    """Grouped convs keep equal channel counts per group (local index l tied across groups)."""
     g = G()
     a = g.conv("x", 3, 8)
     y = g.conv(g.conv(a, 8, 8, group=2), 8, 4)
     analysis = check_invariants(g.model(g.head(y, 4)))
-    assert any("grouped convolution" in r for grp in analysis.groups for r in grp.blocked)
+    assert not any("grouped" in r for grp in analysis.groups for r in grp.blocked)
+    assert sorted(grp.size for grp in analysis.prunable_groups) == [4, 4, 4]
 
 
 def test_squeeze_excitation():

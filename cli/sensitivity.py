@@ -1,0 +1,53 @@
+"""``onnxprune sensitivity``: per-group damage curves for ACRA's sensitivity allocation."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import Progress, input_shape_option, output_path, parse_input_shapes
+
+
+@click.command(epilog="""
+\b
+Examples:
+  onnxprune sensitivity model.onnx --data calib.npz -o sens.json --plot sens.png
+  onnxprune compress model.onnx --flops 0.5 --data calib.npz --allocation sensitivity --sensitivity sens.json
+""")
+@click.argument("model", type=click.Path())
+@click.option("--data", required=True, type=click.Path(), help="Evaluation data (.npz/.npy/images); labels give accuracy drop.")
+@click.option("-o", "--output", type=click.Path(), help="Curves JSON [default: MODEL.sensitivity.json].")
+@click.option("--plot", type=click.Path(), help="Also write a PNG of the curves.")
+@click.option("--criterion", type=click.Choice(["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]),
+              default="hrank", show_default=True, help="Order in which each group's channels are removed.")
+@click.option("--eval-images", type=int, default=512, show_default=True, help="Images per evaluation.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@input_shape_option
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def sensitivity(model, data, output, plot, criterion, eval_images, device, input_shapes, force, as_json, quiet):
+    """Prune each channel group alone at 10%..90% and measure the damage on the data."""
+    from onnxprune.graph import write_bytes_atomic
+    from onnxprune.pipeline import sensitivity_analysis
+    from onnxprune.sensitivity import plot_sensitivity
+
+    from .compress import _providers
+
+    out = output_path(model, output, ".sensitivity.json", force)
+    with Progress(quiet or as_json) as progress:
+        sens, _ = sensitivity_analysis(model, data, criterion, parse_input_shapes(input_shapes), eval_images,
+                                       progress=progress, providers=_providers(device))
+    write_bytes_atomic(out, sens.to_json().encode())
+    if plot:
+        plot_sensitivity(sens, plot)
+    if as_json:
+        click.echo(sens.to_json())
+        return
+    click.echo(f"{len(sens.curves)} groups x {len(sens.ratios)} ratios = {sens.evaluations} evaluations in "
+               f"{sens.seconds:.1f} s; metric {sens.metric}")
+    click.echo(f"{'group':>5}  {'name':<40} " + " ".join(f"{r:>6.0%}" for r in sens.ratios))
+    for gid, curve in sens.curves.items():
+        click.echo(f"{gid:>5}  {sens.names.get(gid, '')[-40:]:<40} " + " ".join(f"{v:>6.2g}" for v in curve))
+    click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))

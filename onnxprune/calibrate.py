@@ -1,0 +1,547 @@
+"""One streaming onnxruntime pass that feeds intermediate activations to collectors.
+
+:func:`calibrate` builds a single session over a *copy* of the model whose outputs are exactly
+the requested tensors (nodes that do not lead to them are dropped), streams the data through it
+batch by batch, hands every activation to its collectors and drops it. Memory is bounded by one
+batch of the requested activations plus the collectors' running sums.
+
+    requests = {"relu1_out": [RankCollector(), ApozCollector()], "fc_in": [GramCollector()]}
+    result = calibrate(model, requests, load_data("calib.npz", input_specs(model)))
+    result.stats["relu1_out"]["rank"], result.provider, result.num_images
+
+The batch size follows a memory budget: the bytes per image of the requested activations, read
+from inferred shapes, divide ``memory_budget`` (1 GiB by default). :func:`run_model` and
+:func:`evaluate_top1` run a whole model for evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, shape_inference
+
+from .data import DEFAULT_BATCH_SIZE, Dataset, InputSpec, input_specs, load_data
+from .errors import DataError, ModelError, OnnxPruneError, require_onnxruntime
+
+__all__ = [
+    "CalibrationResult",
+    "activation_bytes_per_image",
+    "calibrate",
+    "evaluate_top1",
+    "observed_model",
+    "open_session",
+    "resolve_providers",
+    "run_model",
+]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEFAULT_MEMORY_BUDGET = 1 << 30
+MAX_AUTO_BATCH = 256
+# Protobuf cannot serialise a message of 2 GiB or more; such models go through a temporary
+# file with external data.
+_PROTO_LIMIT = (1 << 31) - (1 << 20)
+
+Key = str | tuple[str, str]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """What one calibration pass produced.
+
+    ``stats[key][collector.name]`` is ``collector.result()``; ``key`` is a tensor name, or a pair
+    of names for two-tensor collectors. ``num_images`` counts the images run through the model,
+    ``provider`` is the execution provider onnxruntime really used, ``wall_time`` is in seconds,
+    ``converged`` says whether every collector had converged when the pass ended, and
+    ``warnings`` holds one-line notes for the user (e.g. a CUDA request that fell back to CPU).
+    """
+
+    stats: dict[Key, dict[str, Any]]
+    num_images: int
+    provider: str
+    wall_time: float
+    batch_size: int
+    converged: bool = False
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+# --------------------------------------------------------------------------- providers
+
+
+def _provider_name(p) -> str:
+    return p[0] if isinstance(p, (tuple, list)) else p
+
+
+def resolve_providers(requested: Sequence | None = None) -> tuple[list, list[str]]:
+    """The providers to hand onnxruntime, and warnings for requested ones it does not have.
+
+    ``None`` means CUDA when this onnxruntime build has it, else CPU. Unavailable providers are
+    dropped (instead of letting onnxruntime fail or log), and CPU always closes the list.
+
+        resolve_providers(["CUDAExecutionProvider"])  # on a CPU build:
+        # (['CPUExecutionProvider'], ['CUDAExecutionProvider is not available ...; using CPU'])
+    """
+    ort = require_onnxruntime()
+    available = ort.get_available_providers()
+    if requested is None:
+        return ([CUDA, CPU] if CUDA in available else [CPU]), []
+    requested = [requested] if isinstance(requested, str) else list(requested)
+    kept = [p for p in requested if _provider_name(p) in available]
+    dropped = [_provider_name(p) for p in requested if _provider_name(p) not in available]
+    if not any(_provider_name(p) == CPU for p in kept):
+        kept.append(CPU)
+    warnings = [
+        f"{name} is not available in this onnxruntime (available: {', '.join(available)}); "
+        f"using {_provider_name(kept[0])}"
+        for name in dropped
+    ]
+    return kept, warnings
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@dataclass
+class _Session:
+    """An onnxruntime session plus what it needs to stay alive (a temporary model file)."""
+
+    session: Any
+    provider: str
+    warnings: list[str]
+    _tmp: Any = None
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def open_session(model, providers: Sequence | None = None, *, spinning: bool = True,
+                 threads: int = 0) -> _Session:
+    """An onnxruntime session over a ModelProto or a path, with the provider really used.
+
+    ``spinning=False`` stops onnxruntime's idle threads from busy-waiting between runs; the
+    calibration pass turns it off because numpy works between runs and would compete with
+    them for the cores. ``threads`` sets onnxruntime's intra-op threads (0: its default).
+    """
+    ort = require_onnxruntime()
+    chosen, warnings = resolve_providers(providers)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the library never prints; problems come back as errors
+    options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    tmp = None
+    if isinstance(model, onnx.ModelProto):
+        _check_external_data(model)
+        if model.ByteSize() < _PROTO_LIMIT:
+            source = model.SerializeToString()
+        else:
+            tmp = tempfile.TemporaryDirectory(prefix="onnxprune-")
+            source = str(Path(tmp.name) / "model.onnx")
+            onnx.save_model(model, source, save_as_external_data=True, location="model.onnx.data")
+    else:
+        source = str(model)
+    try:
+        session = ort.InferenceSession(source, options, providers=chosen)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        if tmp is not None:
+            tmp.cleanup()
+        raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
+    used = session.get_providers()[0]
+    wanted = _provider_name(chosen[0])
+    if used != wanted:
+        warnings.append(f"{wanted} could not be initialised; onnxruntime runs on {used}")
+    return _Session(session, used, warnings, tmp)
+
+
+def _check_external_data(model: onnx.ModelProto) -> None:
+    """Refuse a model whose weights were left in external files (onnxruntime cannot find them)."""
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelError(
+                f"initializer '{t.name}' is stored in an external file that was not loaded; "
+                "pass the model path or load it with onnx.load(path) (external data included)"
+            )
+
+
+# --------------------------------------------------------------------------- the observed model
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read, possibly from the outer scope."""
+    names = []
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            for n in g.node:
+                names += list(n.input) + _subgraph_inputs(n)
+    return names
+
+
+def _needed_nodes(graph: onnx.GraphProto, targets: Iterable[str]) -> list[onnx.NodeProto]:
+    """The nodes the targets depend on, in their original (topological) order."""
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    keep: set[int] = set()
+    stack = list(targets)
+    while stack:
+        i = producer.get(stack.pop())
+        if i is None or i in keep:
+            continue
+        keep.add(i)
+        node = graph.node[i]
+        stack += [name for name in list(node.input) + _subgraph_inputs(node) if name]
+    return [node for i, node in enumerate(graph.node) if i in keep]
+
+
+def observed_model(model: onnx.ModelProto, tensors: Sequence[str]) -> tuple[onnx.ModelProto, dict[str, onnx.ValueInfoProto]]:
+    """A copy of the model whose outputs are ``tensors``, and the inferred type of each.
+
+    Shapes are inferred on the copy; a tensor whose type stays unknown is declared float (what
+    every activation a CNN pruner observes is), because onnxruntime needs a type for each output.
+    The argument is never modified.
+    """
+    graph = model.graph
+    produced = {out for node in graph.node for out in node.output if out}
+    initializers = {t.name for t in graph.initializer}
+    for name in tensors:
+        if name in initializers:
+            raise ModelError(f"tensor '{name}' is a constant (initializer), not an activation")
+        if name not in produced:
+            raise ModelError(f"tensor '{name}' is not produced by any node of the model")
+    nodes = _needed_nodes(graph, tensors)
+    used = {n for node in nodes for n in list(node.input) + _subgraph_inputs(node)}
+    inputs = {vi.name for vi in graph.input}
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)  # ProtoBuf copy: the caller's model is left as it was
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    kept_init = [t for t in graph.initializer if t.name in used or t.name in inputs]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept_init)
+    del out.graph.output[:]
+
+    types = _inferred_types(out)
+    for name in tensors:
+        vi = types.get(name)
+        if vi is None or not vi.type.tensor_type.elem_type:
+            vi = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            types[name] = vi
+        out.graph.output.append(vi)
+    return out, types
+
+
+def _inferred_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Value infos of every tensor shape inference can type (none if it cannot run)."""
+    known = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.input)}
+    try:
+        inferred = shape_inference.infer_shapes(model) if model.ByteSize() < _PROTO_LIMIT else model
+    except Exception:  # inference is best effort: onnxruntime still runs untyped-shape outputs
+        return known
+    known.update({vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)})
+    return known
+
+
+def activation_bytes_per_image(vi: onnx.ValueInfoProto) -> int | None:
+    """Bytes of one image's slice of a tensor (all dims but the first), or None if unknown."""
+    tt = vi.type.tensor_type
+    if not tt.elem_type or not tt.HasField("shape") or len(tt.shape.dim) == 0:
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim[1:]]
+    if any(d is None for d in dims):
+        return None
+    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+    return int(np.prod(dims, dtype=np.int64)) * itemsize
+
+
+def _batch_size(specs: Sequence[InputSpec], per_image: int | None, budget: int, data: Dataset) -> int:
+    """Images per batch: the model's static batch if it has one, else what fits the budget."""
+    static = {s.static_dim(0) for s in specs if s.shape}
+    static.discard(None)
+    if len(static) == 1:
+        return static.pop()
+    size = data.batch_size or DEFAULT_BATCH_SIZE
+    if per_image is not None:
+        size = max(1, min(MAX_AUTO_BATCH, budget // max(1, per_image)))
+    return min(size, data.num_samples) if data.num_samples else size
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _as_dataset(batches, specs: Sequence[InputSpec]) -> Dataset:
+    return batches if isinstance(batches, Dataset) else load_data(batches, specs)
+
+
+def _tensor_names(requests: Mapping[Key, Sequence]) -> list[str]:
+    names: list[str] = []
+    for key in requests:
+        for name in (key,) if isinstance(key, str) else key:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _check_requests(requests: Mapping[Key, Sequence]) -> None:
+    for key, collectors in requests.items():
+        names = [c.name for c in collectors]
+        if len(set(names)) != len(names):
+            raise OnnxPruneError(f"tensor {key!r}: two collectors share a name ({', '.join(names)})")
+
+
+def calibrate(
+    model: onnx.ModelProto | str | Path,
+    requests: Mapping[Key, Sequence],
+    batches: Dataset | Iterable[Mapping[str, np.ndarray]],
+    *,
+    providers: Sequence | None = None,
+    progress: Progress | None = None,
+    max_batches: int | None = None,
+    stop_when_converged: bool = False,
+    batch_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    overlap: bool = True,
+) -> CalibrationResult:
+    """Stream the data through the model once and feed every requested activation to its collectors.
+
+    ``requests`` maps a tensor name to collectors (``update(a)``), or a pair of names to
+    two-tensor collectors (``update(x, y)``). ``progress(images_done, images_total)`` is called
+    after each batch (total 0 when unknown). With ``stop_when_converged`` the pass ends as soon as
+    every collector reports ``converged``. ``batch_size=None`` picks one from ``memory_budget``.
+    With ``overlap`` onnxruntime computes the next batch in a background thread while the
+    collectors reduce the current one (see :func:`_overlapped`).
+    """
+    start = time.perf_counter()
+    if isinstance(model, (str, Path)):
+        model = onnx.load(str(model))
+    _check_requests(requests)
+    specs = input_specs(model)
+    data = _as_dataset(batches, specs)
+    names = _tensor_names(requests)
+    outputs = [n for n in names if n not in {s.name for s in specs}]
+    observed, types = observed_model(model, outputs)
+    in_flight = _IN_FLIGHT if overlap else 1
+    per_image = _per_image_bytes([types[n] for n in outputs])
+    size = batch_size or _batch_size(specs, per_image, memory_budget // in_flight, data)
+
+    threads = max(1, _cpu_count() - 1) if overlap else 0  # one core is left to the collectors
+    runner = open_session(observed, providers, spinning=False, threads=threads)
+    collectors = [c for cs in requests.values() for c in cs]
+    total = _total_images(data, size, max_batches)
+    done, converged = 0, False
+    stream = _activations(runner.session, outputs, names, data.batches(size), max_batches)
+    stream = _overlapped(stream) if overlap else stream
+    try:
+        for count, values in stream:
+            _feed(requests, values)
+            del values
+            done += count
+            if progress is not None:
+                progress(done, total)
+            converged = bool(collectors) and all(getattr(c, "converged", False) for c in collectors)
+            if stop_when_converged and converged:
+                break
+    finally:
+        stream.close()
+        runner.close()
+    if done == 0:
+        raise DataError("no samples in the data")
+    stats = {key: {c.name: c.result() for c in cs} for key, cs in requests.items()}
+    return CalibrationResult(
+        stats=stats, num_images=done, provider=runner.provider,
+        wall_time=time.perf_counter() - start, batch_size=size, converged=converged,
+        warnings=tuple(runner.warnings),
+    )
+
+
+# Batches alive at once when overlapping: one in the collectors, one waiting in the queue, one
+# being produced by onnxruntime. The memory budget is shared between them.
+_IN_FLIGHT = 3
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _activations(session, outputs, names, batches, max_batches):
+    """``(images, {tensor: activation})`` per batch: the requested outputs plus requested inputs."""
+    for index, feed in enumerate(batches):
+        if max_batches is not None and index >= max_batches:
+            return
+        values = dict(zip(outputs, _run(session, outputs, feed))) if outputs else {}
+        values.update({k: v for k, v in feed.items() if k in names})
+        yield len(next(iter(feed.values()))), values
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _overlapped(items: Iterator, depth: int = 1) -> Generator:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead of the consumer.
+
+    onnxruntime and numpy's linear algebra release the GIL, so the next batch's inference runs
+    on one set of cores while the collectors reduce the current batch on another. Closing the
+    generator (early stop, an error) stops the thread after its current item.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(_Failure(exc))
+
+    worker = threading.Thread(target=work, name="onnxprune-inference", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is end:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _per_image_bytes(infos: Sequence[onnx.ValueInfoProto]) -> int | None:
+    sizes = [activation_bytes_per_image(vi) for vi in infos]
+    return None if any(s is None for s in sizes) else sum(sizes)
+
+
+def _total_images(data: Dataset, size: int, max_batches: int | None) -> int:
+    total = data.num_samples or 0
+    if max_batches is not None:
+        total = min(total, size * max_batches) if total else size * max_batches
+    return total
+
+
+def _run(session, outputs: list[str], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """One onnxruntime run, with its failure turned into a one-line error."""
+    inputs = {i.name for i in session.get_inputs()}
+    try:
+        return session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise DataError(f"onnxruntime failed on the data: {_first_line(exc)}") from exc
+
+
+def _feed(requests: Mapping[Key, Sequence], values: Mapping[str, np.ndarray]) -> None:
+    """Hand each collector its activation(s); name the tensor in any failure."""
+    for key, collectors in requests.items():
+        arrays = [values[key]] if isinstance(key, str) else [values[k] for k in key]
+        for c in collectors:
+            try:
+                c.update(*arrays)
+            except ValueError as exc:
+                raise OnnxPruneError(f"tensor {key!r} ({c.name}): {exc}") from exc
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _batches_of(batches, batch_size):
+    """A Dataset's batches at ``batch_size``, or the given iterable of feed dicts as it is."""
+    return batches.batches(batch_size) if isinstance(batches, Dataset) else iter(batches)
+
+
+def run_model(
+    model,
+    batches: Dataset | Iterable[Mapping[str, np.ndarray]],
+    *,
+    providers: Sequence | None = None,
+    output_names: Sequence[str] | None = None,
+    batch_size: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Run a model (ModelProto, path or onnxruntime session) over the data; outputs concatenated.
+
+        logits = run_model(model, data)["logits"]      # [num_samples, classes]
+    """
+    with _session_for(model, providers) as session:
+        names = list(output_names or [o.name for o in session.get_outputs()])
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        for feed in _batches_of(batches, batch_size):
+            for name, value in zip(names, _run(session, names, feed)):
+                parts[name].append(value)
+    if not any(parts.values()):
+        raise DataError("no samples in the data")
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def evaluate_top1(
+    model,
+    dataset: Dataset,
+    *,
+    providers: Sequence | None = None,
+    output_name: str | None = None,
+    batch_size: int | None = None,
+) -> float:
+    """Top-1 accuracy of the model's first output (or ``output_name``) against ``dataset.labels``.
+
+        acc = evaluate_top1(model, load_data("val/", input_specs(model)))
+    """
+    labels = dataset.labels
+    if labels is None:
+        raise DataError("top-1 accuracy needs labels, and the data has none")
+    correct = seen = 0
+    with _session_for(model, providers) as session:
+        name = output_name or session.get_outputs()[0].name
+        for feed in dataset.batches(batch_size):
+            (logits,) = _run(session, [name], feed)
+            predicted = logits.reshape(len(logits), -1).argmax(axis=1)
+            correct += int((predicted == labels[seen : seen + len(predicted)]).sum())
+            seen += len(predicted)
+    if seen == 0:
+        raise DataError("no samples in the data")
+    return correct / seen
+
+
+@contextlib.contextmanager
+def _session_for(model, providers):
+    """Use a given onnxruntime session as is; open (and close) one for a model or path."""
+    if hasattr(model, "run") and hasattr(model, "get_outputs"):
+        yield model
+        return
+    runner = open_session(model, providers)
+    try:
+        yield runner.session
+    finally:
+        runner.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

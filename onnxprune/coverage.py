@@ -1,0 +1,216 @@
+"""Architecture coverage: how much of a model's convolution work the analysis can prune.
+
+For one model, ``coverage_summary`` reports the MACs of all weighted layers and of the
+convolutions, the share of convolution MACs that pruning can reduce, what blocks the rest (by op
+type and by exact reason, with MAC shares), and the outcome of compressing at a FLOPs target: the
+reduction reached with the invariants checked on the result, or the exact unreachable-target
+message. ``format_coverage`` renders rows of several models as a text table.
+
+A convolution counts as *prunable* when at least one of its weight axes (output channels, input
+channels, or a depthwise channel axis) belongs to a prunable channel group: its MACs then shrink
+with the plan.
+
+    rows = [coverage_summary(path) for path in paths]
+    print(format_coverage(rows))
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .allocate import Target
+from .analysis import IN, Analysis
+from .errors import OnnxPruneError
+from .pipeline import Settings, compress, measured_cost, prepare
+from .rewrite import random_inputs, rewrite, run
+
+CONV_OPS = ("Conv", "ConvTranspose")
+
+
+def coverage_summary(source, input_shapes=None, flops: float = 0.3, check: bool = True, seed: int = 0) -> dict:
+    """Coverage of one model (path, ModelProto or Model) as plain data; never raises for a
+    problem of the model: a load or analysis error is reported under ``error``."""
+    started = time.perf_counter()
+    row: dict = {"model": "<proto>" if isinstance(source, onnx.ModelProto) else str(getattr(source, "path", None) or source)}
+    try:
+        model, analysis, cost = prepare(source, input_shapes)
+    except OnnxPruneError as exc:
+        row["error"] = str(exc)
+        return row
+    row.update(_macs(analysis, cost))
+    row["compress"] = _compress(model, flops, check, seed)
+    row["seconds"] = round(time.perf_counter() - started, 2)
+    return row
+
+
+def _macs(analysis: Analysis, cost) -> dict:
+    keep = analysis.full_keep()
+    per_node = cost.per_node(keep)
+    nodes = analysis.model.graph.nodes
+    prunable_dims = {d for g in analysis.prunable_groups for d in g.dims}
+    total = sum(c.macs for c in per_node.values())
+    conv_macs = prunable_conv = prunable_all = 0
+    blocked_by_op: dict[str, int] = {}
+    blocked_by_reason: dict[str, int] = {}
+    reasons = _node_reasons(analysis)
+    weight_dims: dict[int, list[int]] = {}
+    for d in analysis.dims:
+        if d.node is not None and d.role:
+            weight_dims.setdefault(d.node, []).append(d.id)
+    for i, c in per_node.items():
+        if not c.macs:
+            continue
+        prunable = any(d in prunable_dims for d in weight_dims.get(i, []))
+        prunable_all += c.macs if prunable else 0
+        if nodes[i].op not in CONV_OPS:
+            continue
+        conv_macs += c.macs
+        if prunable:
+            prunable_conv += c.macs
+            continue
+        reason = reasons.get(i, f"{nodes[i].op} '{nodes[i].name}' has no channel group")
+        blocked_by_reason[reason] = blocked_by_reason.get(reason, 0) + c.macs
+        op = _reason_op(reason)
+        blocked_by_op[op] = blocked_by_op.get(op, 0) + c.macs
+    share = lambda v: round(v / conv_macs, 4) if conv_macs else 0.0  # noqa: E731
+    return {
+        "macs": int(total),
+        "conv_macs": int(conv_macs),
+        "prunable_conv_share": share(prunable_conv),
+        "prunable_macs_share": round(prunable_all / total, 4) if total else 0.0,
+        "groups": {"total": len(analysis.groups), "prunable": len(analysis.prunable_groups)},
+        "blockers_by_op": {op: share(m) for op, m in sorted(blocked_by_op.items(), key=lambda x: -x[1])},
+        "blockers": [{"reason": r, "conv_macs_share": share(m)} for r, m in sorted(blocked_by_reason.items(), key=lambda x: -x[1])],
+    }
+
+
+def _node_reasons(analysis: Analysis) -> dict[int, str]:
+    """For each weighted node, the first blocking reason of its output channels (else inputs)."""
+    out: dict[int, str] = {}
+    rank = {"out": 0, "depthwise": 0, "in": 1}
+    best: dict[int, int] = {}
+    for g in analysis.groups:
+        if not g.blocked:
+            continue
+        for did in g.dims:
+            d = analysis.dims[did]
+            if d.node is None or d.role not in rank:
+                continue
+            if d.node not in best or rank[d.role] < best[d.node]:
+                best[d.node] = rank[d.role]
+                out[d.node] = g.blocked[0]
+    return out
+
+
+def _reason_op(reason: str) -> str:
+    """The op type a blocking reason names ("Reshape 'x' ..." -> Reshape), else its kind."""
+    m = re.match(r"^(\w+) '", reason)
+    if m:
+        return m.group(1)
+    if "graph input" in reason:
+        return "graph input"
+    if "graph output" in reason:
+        return "graph output"
+    m = re.search(r"comes from (\w+) '", reason)
+    return m.group(1) if m else "other"
+
+
+def _compress(model, flops: float, check: bool, seed: int) -> dict:
+    try:
+        result = compress(model, Settings(target=Target("flops", flops), seed=seed))
+    except OnnxPruneError as exc:
+        return {"ok": False, "message": str(exc)}
+    out = {"ok": True, "reduction": result.summary["flops_reduction"], "invariants": []}
+    if check:
+        try:
+            out["invariants"] = _check_invariants(result, seed)
+        except AssertionError as exc:
+            return {"ok": False, "reduction": out["reduction"], "message": f"invariant failed: {exc}"}
+    return out
+
+
+def _check_invariants(result, seed: int) -> list[str]:
+    """Invariants on the compressed model beyond the checker/onnxruntime run that ``compress``
+    does (3): predicted cost = measured cost (4), removing nothing changes nothing (2), and
+    masking equivalence on the chosen plan (1). Returns the names of those checked; raises
+    AssertionError naming the one that fails."""
+    analysis = result.analysis
+    shapes = analysis.model.input_shapes
+    assert measured_cost(result.model, shapes) == result.allocation.cost, "invariant 4: measured cost differs from the prediction"
+    feeds = random_inputs(analysis.model.proto, shapes, seed=seed + 1)
+    reference = run(analysis.model.proto, feeds)
+    for a, b in zip(reference, run(rewrite(analysis, analysis.full_keep()), feeds)):
+        assert np.array_equal(a, b), "invariant 2: an empty plan changed the outputs"
+    expected = run(masked(analysis, result.allocation.keep), feeds)
+    for a, b in zip(expected, run(result.model, feeds)):
+        scale = max(1.0, float(np.abs(a).max())) if np.size(a) else 1.0
+        assert np.allclose(b, a, rtol=1e-3, atol=1e-3 * scale), "invariant 1: pruned outputs differ from the masked model"
+    return ["checker+onnxruntime", "cost", "empty plan", "masking"]
+
+
+def masked(analysis: Analysis, keep: np.ndarray):
+    """The original model with every consumer's weights of the removed channels zeroed; integer
+    weights behind DequantizeLinear are set to their zero point, which dequantises to 0."""
+    proto = copy.deepcopy(analysis.model.proto)
+    inits = {t.name: t for t in proto.graph.initializer}
+    zero_points = _zero_points(analysis)
+    atoms = analysis.kept_atoms(keep)
+    for d in analysis.dims:
+        if d.role != IN or not d.constant:
+            continue
+        removed = np.flatnonzero(~atoms[d.offset : d.offset + d.size])
+        if not removed.size:
+            continue
+        w = numpy_helper.to_array(inits[d.tensor]).copy()
+        index = [slice(None)] * w.ndim
+        index[d.axis] = removed
+        w[tuple(index)] = 0 if d.tensor not in zero_points else _broadcast_zero_point(zero_points[d.tensor], w, index)
+        inits[d.tensor].CopyFrom(numpy_helper.from_array(w, d.tensor))
+    return proto
+
+
+def _zero_points(analysis: Analysis) -> dict[str, tuple[np.ndarray, int]]:
+    """Integer weight -> (zero point, DequantizeLinear axis) for weights dequantised from constants."""
+    out = {}
+    for node in analysis.model.graph.nodes:
+        if node.op != "DequantizeLinear" or node.inputs[0].name not in {d.tensor for d in analysis.dims if d.constant}:
+            continue
+        x = node.inputs[0]
+        zp = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+        value = np.zeros(1, dtype=np.asarray(x.values).dtype) if zp is None else np.asarray(zp.values)
+        out[x.name] = (value, int(node.attrs.get("axis", 1)) % max(len(x.shape), 1))
+    return out
+
+
+def _broadcast_zero_point(zp_axis, w: np.ndarray, index) -> np.ndarray:
+    zp, axis = zp_axis
+    full = np.broadcast_to(zp.reshape([-1 if a == axis else 1 for a in range(w.ndim)]) if zp.size > 1 else zp.reshape(()), w.shape)
+    return full[tuple(index)]
+
+
+# --- text -------------------------------------------------------------------------------------
+def format_coverage(rows: list[dict]) -> str:
+    """A fixed-width table: model, source, conv GMACs, prunable share, result at the target,
+    and the top blockers by op type."""
+    header = f"{'model':<34} {'source':<12} {'conv GMACs':>10} {'prunable':>8}  {'at target':<28} blockers"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        name = str(r.get("name") or r.get("model"))[:34]
+        source = str(r.get("source", ""))[:12]
+        if "error" in r:
+            lines.append(f"{name:<34} {source:<12} {'':>10} {'':>8}  error: {r['error']}")
+            continue
+        c = r.get("compress", {})
+        if c.get("ok"):
+            outcome = f"-{c['reduction']:.1%} FLOPs" + (" ✓ invariants" if c.get("invariants") else "")
+        else:
+            outcome = "unreachable" if "cannot remove" in c.get("message", "") else "failed"
+        blockers = ", ".join(f"{op} {s:.0%}" for op, s in list(r.get("blockers_by_op", {}).items())[:3]) or "-"
+        lines.append(f"{name:<34} {source:<12} {r['conv_macs'] / 1e9:>10.3f} {r['prunable_conv_share']:>8.1%}  {outcome:<28} {blockers}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,116 @@
+"""The command line with calibration data: HRank, reconstruction, sensitivity, evaluation,
+and one-line errors for data that does not fit the model."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from test_cli import digest, run_cli, small_cnn
+
+
+@pytest.fixture
+def model(tmp_path):
+    return small_cnn(tmp_path / "m.onnx")
+
+
+def write_data(path, n=48, shape=(3, 16, 16), labels=True, seed=0, **override):
+    rng = np.random.default_rng(seed)
+    arrays = {"x": rng.standard_normal((n, *shape)).astype(np.float32)}
+    if labels:
+        arrays["labels"] = rng.integers(0, 5, size=n)
+    arrays.update(override)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_compress_with_data_defaults_to_hrank_and_ldrf(capsys, model, tmp_path):
+    data = write_data(tmp_path / "calib.npz")
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--data", data, "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["criterion"] == "hrank" and s["reconstruct"] == "ldrf" and s["flops_reduction"] >= 0.4
+    assert s["calibration"]["images"] == 48 and s["calibration"]["provider"] == "CPUExecutionProvider"
+    assert s["reconstruction"]["fitted"] >= 1
+    onnx.checker.check_model(onnx.load(tmp_path / "m.pruned.onnx"), full_check=True)
+    # The plan reproduces the reconstructed model given the same data, and asks for it otherwise.
+    plan = tmp_path / "m.pruned.plan.json"
+    code, _, err = run_cli(capsys, "apply", model, plan, "-o", tmp_path / "again.onnx")
+    assert code == 1 and "--data" in err
+    code, _, err = run_cli(capsys, "apply", model, plan, "-o", tmp_path / "again.onnx", "--data", data)
+    assert code == 0, err
+    assert digest(tmp_path / "again.onnx") == digest(tmp_path / "m.pruned.onnx")
+
+
+@pytest.mark.parametrize("criterion", ["apoz", "mean_activation", "recon"])
+def test_activation_criteria(capsys, model, tmp_path, criterion):
+    data = write_data(tmp_path / "calib.npz")
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", data, "--criterion", criterion,
+                             "--reconstruct", "local", "--json")
+    assert code == 0, err
+    assert json.loads(out)["criterion"] == criterion
+
+
+def test_sensitivity_command_and_reuse(capsys, model, tmp_path):
+    data = write_data(tmp_path / "calib.npz")
+    code, out, err = run_cli(capsys, "sensitivity", model, "--data", data, "-o", tmp_path / "s.json",
+                             "--plot", tmp_path / "s.png")
+    assert code == 0, err
+    sens = json.loads((tmp_path / "s.json").read_text())
+    assert sens["metric"] == "accuracy_drop" and len(sens["ratios"]) == 9
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--data", data, "--allocation", "sensitivity",
+                             "--sensitivity", tmp_path / "s.json", "--json")
+    assert code == 0, err
+    assert json.loads(out)["allocation"] == "sensitivity"
+    other = small_cnn(tmp_path / "other.onnx", seed=4)
+    code, _, err = run_cli(capsys, "compress", other, "--flops", "0.4", "--data", data, "--allocation", "sensitivity",
+                           "--sensitivity", tmp_path / "s.json")
+    assert code == 1 and "another model" in err
+
+
+def test_evaluate_command(capsys, model, tmp_path):
+    data = write_data(tmp_path / "calib.npz")
+    code, out, err = run_cli(capsys, "evaluate", model, "--data", data, "--reference", model, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert 0 <= r["top1"] <= 1 and r["agreement"] == 1.0 and r["samples"] == 48
+
+
+def arrays(n=8, shape=(3, 16, 16), **extra):
+    return {"x": np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32), **extra}
+
+
+BAD_DATA = [
+    ("wrong shape", arrays(shape=(3, 12, 12)), "'x'"),
+    ("wrong rank", arrays(shape=(16, 16)), "'x'"),
+    ("wrong dtype", {"x": np.zeros((4, 3, 16, 16), dtype=np.int32)}, "'x'"),
+    ("nan", {"x": np.full((4, 3, 16, 16), np.nan, dtype=np.float32)}, "NaN"),
+    ("empty", {"x": np.zeros((0, 3, 16, 16), dtype=np.float32)}, "no samples"),
+    ("labels length", arrays(labels=np.zeros(3, dtype=np.int64)), "labels"),
+    ("missing input", {"y": np.zeros((4, 3, 16, 16), dtype=np.float32), "z": np.zeros(2)}, "'x'"),
+]
+
+
+@pytest.mark.parametrize("case,content,message", BAD_DATA, ids=[b[0] for b in BAD_DATA])
+def test_bad_data_one_line(capsys, model, tmp_path, case, content, message):
+    data = tmp_path / "d.npz"
+    np.savez(data, **content)
+    before = digest(model)
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", data)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert digest(model) == before and not (tmp_path / "m.pruned.onnx").exists()
+
+
+def test_data_file_not_npz(capsys, model, tmp_path):
+    bad = tmp_path / "d.npz"
+    bad.write_text("not a zip")
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", bad)
+    assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_data_criterion_without_data_is_an_error(capsys, model):
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--criterion", "hrank")
+    assert code == 1 and "--data" in err
