@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .common import Progress, data_options, input_shape_option, output_path, parse_input_shapes
+from .finetune import EpochPrinter, tune_options, tune_settings
 
 EXAMPLES_COMPRESS = """
 \b
@@ -42,12 +43,16 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
 @data_options
 @input_shape_option
+@click.option("--finetune", "finetune_data", type=click.Path(),
+              help="Fine-tune the pruned model on this data (needs the [torch] extra), distilling from MODEL.")
+@tune_options
 @click.option("--report", "report_path", type=click.Path(), help="Also write a report (.html, .json or .txt by extension).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, nothing printed on success.")
 def compress(model, flops, params, output, plan_path, criterion, allocation, reconstruct, sensitivity_path, max_ratio,
              min_channels, round_to, seed, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
+             finetune_data, epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels,
              report_path, force, as_json, quiet):
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
@@ -74,9 +79,19 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     with Progress(quiet or as_json) as progress:
         result = run_compress(model, settings, parse_input_shapes(input_shapes), data=data, eval_data=eval_data,
                               sensitivity=sens, progress=progress)
+    summary = {**result.summary, "output": str(out), "plan": str(plan_out)}
+    if finetune_data:
+        from onnxprune.graph import read_model
+        from onnxprune.tune import finetune_model
+
+        settings_t = tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed,
+                                   device)
+        tuned = finetune_model(result.model, finetune_data, teacher=read_model(model), eval_data=eval_data,
+                               settings=settings_t, progress=EpochPrinter(quiet or as_json))
+        result.model = tuned.model
+        summary["finetune"] = {"best_epoch": tuned.best_epoch, "history": tuned.history}
     save_model(result.model, out)
     write_bytes_atomic(plan_out, result.plan.to_json().encode())
-    summary = {**result.summary, "output": str(out), "plan": str(plan_out)}
     if report_path:
         from onnxprune.report import write_report
 
@@ -114,6 +129,10 @@ def format_summary(s: dict) -> str:
     if "reconstruction" in s:
         r = s["reconstruction"]
         lines.append(f"recon    {r['fitted']} consumers compensated, {r['fallback']} left plain, {r['passes']} passes")
+    if "finetune" in s:
+        best = next((h for h in s["finetune"]["history"] if h["epoch"] == s["finetune"]["best_epoch"]), {})
+        lines.append(f"tuned    best epoch {s['finetune']['best_epoch']}" +
+                     (f", eval top-1 {best['eval_acc']:.4f}" if best.get("eval_acc") is not None else ""))
     lines += [
         f"time     {sum(seconds.values()):.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()) + ")",
         f"wrote    {s['output']} and {s['plan']}" + (f" and {s['report']}" if s.get("report") else ""),

@@ -16,6 +16,7 @@ from onnxprune.errors import OnnxPruneError
 from .apply import apply
 from .compress import compress
 from .evaluate import evaluate
+from .finetune import finetune
 from .inspect import inspect
 from .sensitivity import sensitivity
 
@@ -34,7 +35,7 @@ def cli(ctx, debug):
     ctx.ensure_object(dict)["debug"] = debug
 
 
-for command in (compress, apply, inspect, sensitivity, evaluate):
+for command in (compress, apply, inspect, sensitivity, evaluate, finetune):
     cli.add_command(command)
 
 

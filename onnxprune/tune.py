@@ -1,0 +1,89 @@
+"""Fine-tuning glue: datasets -> shuffled batch factories -> ``onnxprune.torch.finetune``.
+
+Kept apart from ``onnxprune.torch`` so the pipeline and the CLI can describe fine-tuning without
+importing torch; torch is imported only when a run starts (``pip install 'onnxprune[torch]'``).
+
+    result = finetune_model(pruned, "train.npz", teacher=original, epochs=3, eval_data="val.npz")
+    result.model, result.history
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .data import ArrayDataset, input_specs, load_data
+from .errors import DataError, require_torch
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    epochs: int = 3
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    batch_size: int = 128
+    temperature: float = 4.0
+    alpha: float = 0.5
+    augment: bool = False
+    train_bn: bool = False
+    seed: int = 0
+    device: str = "auto"
+    use_labels: bool = True
+
+
+def shuffled_batches(dataset, batch_size: int, seed: int, use_labels: bool = True):
+    """A factory of batches with labels; in-memory data is reshuffled every epoch (seeded)."""
+    rng = np.random.default_rng(seed)
+    labels = dataset.labels if use_labels else None
+
+    def batches():
+        if isinstance(dataset, ArrayDataset):
+            order = rng.permutation(dataset.num_samples)
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = {k: v[idx] for k, v in dataset.arrays.items()}
+                if labels is not None:
+                    batch["labels"] = labels[idx]
+                yield batch
+            return
+        yield from ordered_batches(dataset, batch_size)() if labels is not None else dataset.batches(batch_size)
+
+    return batches
+
+
+def ordered_batches(dataset, batch_size: int):
+    """A factory of batches in the data's order, with labels when the data has them."""
+
+    def batches():
+        seen = 0
+        for batch in dataset.batches(batch_size):
+            n = len(next(iter(batch.values())))
+            if dataset.labels is not None:
+                batch = {**batch, "labels": dataset.labels[seen : seen + n]}
+            seen += n
+            yield batch
+
+    return batches
+
+
+def finetune_model(student: onnx.ModelProto, data, *, teacher: onnx.ModelProto | None = None, eval_data=None,
+                   settings: TuneSettings = TuneSettings(), progress=None):
+    """Fine-tune ``student`` on ``data`` (labels if present and ``use_labels``; distillation from
+    ``teacher`` if given). Returns ``onnxprune.torch.FinetuneResult``."""
+    require_torch()
+    from .torch import finetune
+
+    specs = input_specs(student)
+    train = load_data(data, specs)
+    if teacher is None and (train.labels is None or not settings.use_labels):
+        raise DataError("fine-tuning needs labels in the training data or a --teacher model to distil from")
+    evalset = load_data(eval_data, specs) if eval_data is not None else None
+    eval_fn = ordered_batches(evalset, settings.batch_size) if evalset is not None else None
+    return finetune(
+        student, shuffled_batches(train, settings.batch_size, settings.seed, settings.use_labels), teacher=teacher,
+        epochs=settings.epochs, lr=settings.lr, optimizer=settings.optimizer, temperature=settings.temperature,
+        alpha=settings.alpha, eval_batches_fn=eval_fn, augment=settings.augment, train_bn=settings.train_bn,
+        seed=settings.seed, device=settings.device, progress=progress,
+    )
