@@ -106,8 +106,9 @@ def finetune(
             labels and ``eval_distill_loss`` when there is a teacher.
         eval_fn: custom score of the module in eval mode, higher is better; when given it is
             reported (and selects the best epoch) as ``eval_acc``.
-        augment: random horizontal flip and random 32-style crop (zero padding of 4 pixels)
-            of every 4-D float input, i.e. NCHW images. Off by default.
+        augment: random horizontal flip and random crop (zero padding of 4 pixels, then a
+            crop of the original size, as for CIFAR) of every 4-D float input, i.e. NCHW
+            images; the teacher sees the same augmented images. Off by default.
         train_bn: let BatchNormalization use and update batch statistics (see ``to_torch``).
         seed: seeds the augmentation; on the CPU a run is bit-for-bit reproducible.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
@@ -180,7 +181,10 @@ def _device(device: str | torch.device) -> torch.device:
     """Resolve ``"auto"`` to CUDA when available, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OnnxPruneError(f"device {device!r} was requested but CUDA is not available to torch")
+    return dev
 
 
 def _optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: float, momentum: float):
