@@ -1,0 +1,76 @@
+"""Shared pieces of the benchmark scripts: the bundled models, Fashion-MNIST splits, top-1
+evaluation with onnxruntime, and Markdown tables with the machine and the command."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "models"))
+
+MODELS = {"resnet20": ROOT / "models" / "resnet20_fmnist.onnx", "vgg11": ROOT / "models" / "vgg11_fmnist.onnx"}
+
+
+def fmnist(split: str, n: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """``{"input": float32 [N,1,28,28], "labels": int64 [N]}``; ``n`` images picked with a seed."""
+    import fashion_mnist
+
+    images, labels = fashion_mnist.load(split)
+    if n is not None and n < len(images):
+        idx = np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))
+        images, labels = images[idx], labels[idx]
+    return {"input": fashion_mnist.normalize(images), "labels": labels.astype(np.int64)}
+
+
+def calibration_set(n: int = 1024) -> dict[str, np.ndarray]:
+    """Calibration images come from the TRAIN split (seeded): the test split stays unseen."""
+    return fmnist("train", n, seed=1)
+
+
+def top1(model, data: dict[str, np.ndarray], batch_size: int = 500) -> float:
+    from onnxprune.graph import read_model
+    from onnxprune.rewrite import session
+
+    sess = session(read_model(model) if isinstance(model, (str, Path)) else model)
+    name = sess.get_inputs()[0].name
+    correct = 0
+    for i in range(0, len(data["labels"]), batch_size):
+        logits = sess.run(None, {name: data["input"][i : i + batch_size]})[0]
+        correct += int((logits.argmax(1) == data["labels"][i : i + batch_size]).sum())
+    return correct / len(data["labels"])
+
+
+def machine() -> str:
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    return (f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, "
+            f"onnxruntime {onnxruntime.__version__}, {datetime.date.today().isoformat()}")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class Stopwatch:
+    def __enter__(self):
+        self.t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t
+        return False
