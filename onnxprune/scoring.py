@@ -59,7 +59,11 @@ def observations(analysis: Analysis) -> dict[str, Observation]:
     return result
 
 
-def _collector(criterion: str, axis: int, rank_patience: int | None):
+def _collector(criterion: str, axis: int, rank_patience: int | None, rank: int = 4):
+    if criterion == "hrank" and rank < 4:
+        # A [N, C] activation is a 1x1 map per channel: its rank is 1 where it is non-zero, so
+        # the mean rank is exactly 1 - APoZ.
+        return ApozCollector(axis=axis)
     if criterion == "hrank":
         return RankCollector(axis=axis, patience=rank_patience)
     if criterion == "apoz":
@@ -79,7 +83,8 @@ def collect(analysis: Analysis, data, criteria: list[str], *, providers=None, pr
 
     prunable_dims = {d for g in analysis.prunable_groups for d in g.dims}
     obs = {n: o for n, o in observations(analysis).items() if o.dim in prunable_dims}
-    requests = {name: [_collector(c, o.axis, rank_patience) for c in criteria] for name, o in obs.items()}
+    rank = {name: len(analysis.model.tensors[name].shape) for name in obs}
+    requests = {name: [_collector(c, o.axis, rank_patience, rank[name]) for c in criteria] for name, o in obs.items()}
     return calibrate(analysis.model.proto, requests, data, providers=providers, progress=progress,
                      max_batches=max_batches, stop_when_converged=rank_patience is not None and criteria == ["hrank"],
                      batch_size=batch_size)
@@ -100,8 +105,10 @@ def data_scores(analysis: Analysis, criterion: str, calibration, seed: int = 0) 
                 parts.append(_recon_scores(analysis, g, o, stats[name]["gram"], local, chans))
                 continue
             key = {"hrank": "rank", "apoz": "apoz", "mean_activation": "mean_activation"}[criterion]
+            if key not in stats[name]:  # hrank of a [N, C] activation was collected as APoZ
+                key = "apoz"
             values = np.asarray(stats[name][key], dtype=np.float64)
-            if criterion == "apoz":
+            if key == "apoz":
                 values = 1.0 - values
             per = np.zeros(g.size)
             counts = np.zeros(g.size)
