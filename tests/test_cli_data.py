@@ -114,3 +114,27 @@ def test_data_file_not_npz(capsys, model, tmp_path):
 def test_data_criterion_without_data_is_an_error(capsys, model):
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--criterion", "hrank")
     assert code == 1 and "--data" in err
+
+
+def test_finetune_command_and_compress_finetune(capsys, model, tmp_path):
+    data = write_data(tmp_path / "train.npz", n=64)
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "-o", tmp_path / "p.onnx")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "finetune", tmp_path / "p.onnx", "--data", data, "--teacher", model,
+                             "--eval-data", data, "--epochs", "2", "--lr", "0.01", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert [h["epoch"] for h in r["history"]] == [0, 1, 2] and 0 <= r["best_epoch"] <= 2
+    tuned = onnx.load(r["output"])
+    onnx.checker.check_model(tuned, full_check=True)
+    assert [i.name for i in tuned.graph.initializer] == [i.name for i in onnx.load(tmp_path / "p.onnx").graph.initializer]
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "-o", tmp_path / "q.onnx", "--finetune", data,
+                             "--epochs", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["finetune"]["history"]
+
+
+def test_finetune_without_labels_or_teacher_is_an_error(capsys, model, tmp_path):
+    data = write_data(tmp_path / "nolabels.npz", labels=False)
+    code, _, err = run_cli(capsys, "finetune", model, "--data", data, "-o", tmp_path / "t.onnx")
+    assert code == 1 and "labels" in err and "--teacher" in err
