@@ -3,23 +3,40 @@
     from onnxprune import compress, Settings, Target, save_model
     result = compress("model.onnx", Settings(target=Target("flops", 0.3)))
     save_model(result.model, "model.pruned.onnx")
+
+The public names are imported on first use (PEP 562), so ``import onnxprune`` and the CLI's
+start-up stay fast and numpy/onnx load only when something needs them.
 """
 
-from .allocate import Allocation, Limits, Target, allocate_uniform
-from .analysis import Analysis, ChannelGroup, analyse
-from .cost import Cost, CostModel
-from .criteria import CRITERIA
-from .errors import DataError, DependencyError, ModelError, OnnxPruneError, PlanError, TargetError
-from .graph import Model, load_model, save_model
-from .pipeline import Result, Settings, apply_plan, compress, inspect_model, measured_cost
-from .plan import Plan
-from .rewrite import rewrite, verify
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Allocation", "Analysis", "ChannelGroup", "Cost", "CostModel", "CRITERIA", "DataError", "DependencyError",
-    "Limits", "Model", "ModelError", "OnnxPruneError", "Plan", "PlanError", "Result", "Settings", "Target",
-    "TargetError", "allocate_uniform", "analyse", "apply_plan", "compress", "inspect_model", "load_model",
-    "measured_cost", "rewrite", "save_model", "verify",
-]
+_EXPORTS = {
+    "Allocation": "allocate", "Limits": "allocate", "Target": "allocate", "allocate_uniform": "allocate",
+    "Analysis": "analysis", "ChannelGroup": "analysis", "analyse": "analysis",
+    "Cost": "cost", "CostModel": "cost",
+    "CRITERIA": "criteria",
+    "DataError": "errors", "DependencyError": "errors", "ModelError": "errors", "OnnxPruneError": "errors",
+    "PlanError": "errors", "TargetError": "errors",
+    "Model": "graph", "load_model": "graph", "save_model": "graph",
+    "Result": "pipeline", "Settings": "pipeline", "apply_plan": "pipeline", "compress": "pipeline",
+    "inspect_model": "pipeline", "measured_cost": "pipeline", "sensitivity_analysis": "pipeline",
+    "Plan": "plan",
+    "rewrite": "rewrite", "verify": "rewrite",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnxprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__ + ["__version__"]

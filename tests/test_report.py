@@ -411,8 +411,6 @@ def test_sigint_mid_compress_leaves_no_partial_file(resnet50, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Ctrl-C while `onnxprune` imports its libraries (~2 s) gives a KeyboardInterrupt "
-                   "traceback: onnxprune/__init__.py imports everything before cli.main's try block runs")
 def test_sigint_during_startup_is_one_line(tmp_path):
     pytest.importorskip("onnxprune.cli.main")
     model = small_cnn(tmp_path / "m.onnx")
