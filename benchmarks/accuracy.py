@@ -89,7 +89,7 @@ def reconstruction_table(name, model, test, calib, log):
                 acc = top1(result.model, test) if result else float("nan")
                 log.append({"table": "reconstruction", "model": name, "flops": fraction, "criterion": crit,
                             "reconstruct": mode, "top1": acc, "seconds": sw.seconds, "error": err})
-                row += [acc, round(sw.seconds, 1)]
+                row += [acc, f"{sw.seconds:.1f}"]
             rows.append(row)
             print(rows[-1], flush=True)
     return rows
