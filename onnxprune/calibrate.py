@@ -2,15 +2,15 @@
 
 :func:`calibrate` builds a single session over a *copy* of the model whose outputs are exactly
 the requested tensors (nodes that do not lead to them are dropped), streams the data through it
-batch by batch, hands every activation to its collectors and drops it. Memory is bounded by one
-batch of the requested activations plus the collectors' running sums.
+batch by batch, hands every activation to its collectors and drops it. Memory is bounded by a
+few batches of the requested activations (see ``memory_budget``) plus the collectors' sums.
 
     requests = {"relu1_out": [RankCollector(), ApozCollector()], "fc_in": [GramCollector()]}
     result = calibrate(model, requests, load_data("calib.npz", input_specs(model)))
     result.stats["relu1_out"]["rank"], result.provider, result.num_images
 
 The batch size follows a memory budget: the bytes per image of the requested activations, read
-from inferred shapes, divide ``memory_budget`` (1 GiB by default). :func:`run_model` and
+from inferred shapes, divide ``memory_budget`` (512 MiB by default). :func:`run_model` and
 :func:`evaluate_top1` run a whole model for evaluation.
 """
 
@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
+from .collectors import one_blas_thread
 from .data import DEFAULT_BATCH_SIZE, Dataset, InputSpec, input_specs, load_data
 from .errors import DataError, ModelError, OnnxPruneError, require_onnxruntime
 
@@ -47,7 +49,9 @@ __all__ = [
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-DEFAULT_MEMORY_BUDGET = 1 << 30
+# Bytes of requested activations alive at once. onnxruntime's own working memory (roughly
+# proportional to the batch too) comes on top: ResNet-50 peaks near 2 GB with this default.
+DEFAULT_MEMORY_BUDGET = 512 << 20
 MAX_AUTO_BATCH = 256
 # Protobuf cannot serialise a message of 2 GiB or more; such models go through a temporary
 # file with external data.
@@ -206,7 +210,9 @@ def _needed_nodes(graph: onnx.GraphProto, targets: Iterable[str]) -> list[onnx.N
     return [node for i, node in enumerate(graph.node) if i in keep]
 
 
-def observed_model(model: onnx.ModelProto, tensors: Sequence[str]) -> tuple[onnx.ModelProto, dict[str, onnx.ValueInfoProto]]:
+def observed_model(
+    model: onnx.ModelProto, tensors: Sequence[str]
+) -> tuple[onnx.ModelProto, dict[str, onnx.ValueInfoProto]]:
     """A copy of the model whose outputs are ``tensors``, and the inferred type of each.
 
     Shapes are inferred on the copy; a tensor whose type stays unknown is declared float (what
@@ -314,6 +320,7 @@ def calibrate(
     batch_size: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     overlap: bool = True,
+    workers: int | None = None,
 ) -> CalibrationResult:
     """Stream the data through the model once and feed every requested activation to its collectors.
 
@@ -322,7 +329,8 @@ def calibrate(
     after each batch (total 0 when unknown). With ``stop_when_converged`` the pass ends as soon as
     every collector reports ``converged``. ``batch_size=None`` picks one from ``memory_budget``.
     With ``overlap`` onnxruntime computes the next batch in a background thread while the
-    collectors reduce the current one (see :func:`_overlapped`).
+    collectors reduce the current one (see :func:`_overlapped`); ``workers`` threads (default:
+    one per core) reduce different tensors in parallel.
     """
     start = time.perf_counter()
     if isinstance(model, (str, Path)):
@@ -337,25 +345,24 @@ def calibrate(
     per_image = _per_image_bytes([types[n] for n in outputs])
     size = batch_size or _batch_size(specs, per_image, memory_budget // in_flight, data)
 
-    threads = max(1, _cpu_count() - 1) if overlap else 0  # one core is left to the collectors
+    # onnxruntime's default is one thread per *physical* core (one on a 2-vCPU machine); here it
+    # gets every core, or all but one when a core runs the collectors beside it.
+    threads = max(1, _cpu_count() - 1) if overlap else _cpu_count()
+    workers = _cpu_count() if workers is None else workers
     runner = open_session(observed, providers, spinning=False, threads=threads)
-    collectors = [c for cs in requests.values() for c in cs]
     total = _total_images(data, size, max_batches)
-    done, converged = 0, False
     stream = _activations(runner.session, outputs, names, data.batches(size), max_batches)
     stream = _overlapped(stream) if overlap else stream
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="onnxprune-collect") if workers > 1 else None
     try:
-        for count, values in stream:
-            _feed(requests, values)
-            del values
-            done += count
-            if progress is not None:
-                progress(done, total)
-            converged = bool(collectors) and all(getattr(c, "converged", False) for c in collectors)
-            if stop_when_converged and converged:
-                break
+        # The collectors' many small LAPACK calls gain nothing from BLAS threads, and those
+        # threads would fight onnxruntime's and the pool's for the cores.
+        with one_blas_thread():
+            done, converged = _consume(stream, requests, progress, total, stop_when_converged, pool)
     finally:
         stream.close()
+        if pool is not None:
+            pool.shutdown()
         runner.close()
     if done == 0:
         raise DataError("no samples in the data")
@@ -365,6 +372,22 @@ def calibrate(
         wall_time=time.perf_counter() - start, batch_size=size, converged=converged,
         warnings=tuple(runner.warnings),
     )
+
+
+def _consume(stream, requests, progress, total, stop_when_converged, pool) -> tuple[int, bool]:
+    """Feed each batch's activations to the collectors; returns (images, all converged)."""
+    collectors = [c for cs in requests.values() for c in cs]
+    done, converged = 0, False
+    for count, values in stream:
+        _feed(requests, values, pool)
+        del values  # the activations go before the next batch arrives
+        done += count
+        if progress is not None:
+            progress(done, total)
+        converged = bool(collectors) and all(getattr(c, "converged", False) for c in collectors)
+        if stop_when_converged and converged:
+            break
+    return done, converged
 
 
 # Batches alive at once when overlapping: one in the collectors, one waiting in the queue, one
@@ -459,15 +482,26 @@ def _run(session, outputs: list[str], feed: Mapping[str, np.ndarray]) -> list[np
         raise DataError(f"onnxruntime failed on the data: {_first_line(exc)}") from exc
 
 
-def _feed(requests: Mapping[Key, Sequence], values: Mapping[str, np.ndarray]) -> None:
-    """Hand each collector its activation(s); name the tensor in any failure."""
-    for key, collectors in requests.items():
+def _feed(requests: Mapping[Key, Sequence], values: Mapping[str, np.ndarray], pool=None) -> None:
+    """Hand each collector its activation(s), one tensor per pool task; name the tensor in any failure.
+
+    Different tensors have different collectors, so they can be reduced in parallel; the heavy
+    parts (matmul, LAPACK) release the GIL. One tensor's collectors run in order in one task.
+    """
+    def update(key, collectors):
         arrays = [values[key]] if isinstance(key, str) else [values[k] for k in key]
         for c in collectors:
             try:
                 c.update(*arrays)
             except ValueError as exc:
                 raise OnnxPruneError(f"tensor {key!r} ({c.name}): {exc}") from exc
+
+    if pool is None:
+        for key, collectors in requests.items():
+            update(key, collectors)
+        return
+    for task in [pool.submit(update, key, cs) for key, cs in requests.items()]:
+        task.result()
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -30,13 +30,14 @@ maps. :func:`matrix_ranks` computes it three ways that agree (tests check it):
   ``(7 * 1.2e-7)^2 = 7e-13`` relative (maps of 7 x 7 and larger): three orders of margin.
   A float32 Gram matrix would not do: its rounding (~1e-7 of ``s.max()^2``) is far above
   ``(max(H, W) * eps)^2``.
-* ``"auto"`` (default) — the Gram path with three shortcuts that change no result:
-  zero rows and columns (ReLU makes many) bound the rank, so maps with at most one non-zero line
-  need no factorisation; square maps are turned so that the Gram side has the fewest non-zero
-  lines; and a Cholesky factorisation of ``G - t I`` (zero lines given a positive diagonal), with
-  ``t = trace(G) (max(H, W) eps)^2 >= s.max()^2 (max(H, W) eps)^2``, *proves* that every non-zero
-  line is independent, in a third of the work of an eigenvalue decomposition. Only the maps whose
-  factorisation fails (a genuine rank deficit) pay for ``eigvalsh``.
+* ``"auto"`` (default) — the Gram path with shortcuts that change no result: zero rows and
+  columns (ReLU makes many) add only zero singular values, so they are dropped: maps with at most
+  one non-zero line need no algebra, the others shrink to their non-zero lines (grouped by
+  count, square maps turned so that the Gram side has the fewer); and a Cholesky factorisation
+  of ``G - t I`` (``t = trace(G) (max(H, W) eps)^2``, an upper bound of the tolerance) succeeds
+  exactly when every line is independent, which *proves* the rank in a tenth of the work of
+  ``eigvalsh``. Only maps whose factorisation fails (about one in six on ResNet-50) pay for the
+  eigenvalues.
 
 Float64 activations use ``"svd"`` whatever the method: their squared tolerance (~1e-28) is below
 what a float64 Gram matrix can resolve.
@@ -44,6 +45,8 @@ what a float64 Gram matrix can resolve.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from collections import deque
 from dataclasses import dataclass
 
@@ -60,13 +63,11 @@ __all__ = [
     "MeanActivationCollector",
     "RankCollector",
     "matrix_ranks",
+    "one_blas_thread",
 ]
 
 RANK_METHODS = ("auto", "gram", "svd")
 
-# Maps from this size up go through the Cholesky certificate. Below it, one batched eigvalsh
-# call costs about as much as a per-map LAPACK call from Python (~2 us for 7 x 7).
-_CHOLESKY_MIN_SIZE = 8
 # OpenBLAS runs a GEMM on several threads above M*N*K = 4 * 65536. For a stack of 112 x 112 maps
 # that turns thousands of tiny products into thread hand-offs, and on a busy machine (or next to
 # onnxruntime's pool) the float64 Gram matrices of 512 maps took 2.3 s instead of 0.03 s. Products
@@ -156,25 +157,34 @@ def _ranks_gram(maps: np.ndarray, eps: float) -> np.ndarray:
 
 
 def _ranks_auto(maps: np.ndarray, eps: float) -> np.ndarray:
-    """Gram eigenvalues with the structural shortcuts and the Cholesky certificate."""
-    n, h, w = maps.shape
+    """Gram ranks of the maps' non-zero lines, with the Cholesky certificate (module docstring)."""
+    _, h, w = maps.shape
     rel_tol = (max(h, w) * eps) ** 2
     nz_rows, nz_cols = maps.any(axis=2), maps.any(axis=1)
-    n_rows, n_cols = nz_rows.sum(axis=1), nz_cols.sum(axis=1)
-    bound = np.minimum(n_rows, n_cols)
-    ranks = np.minimum(bound, 1).astype(np.int64)  # final where bound <= 1
+    bound = np.minimum(nz_rows.sum(axis=1), nz_cols.sum(axis=1))
+    ranks = np.minimum(bound, 1).astype(np.int64)  # final where at most one line is non-zero
     todo = np.flatnonzero(bound > 1)
     if todo.size == 0:
         return ranks
     lines, nz_lines = _gram_side(maps[todo], nz_rows[todo], nz_cols[todo])
-    gram = _gram64(lines)
-    if max(h, w) < _CHOLESKY_MIN_SIZE:
-        ranks[todo] = _count_above(gram, rel_tol)
-        return ranks
-    proven = _full_rank_certificate(gram, nz_lines, rel_tol)
-    ranks[todo[proven]] = nz_lines[proven].sum(axis=1)
+    counts = nz_lines.sum(axis=1)
+    first_nonzero = np.argsort(~nz_lines, axis=1, kind="stable")
+    for m in np.unique(counts):
+        group = np.flatnonzero(counts == m)
+        # Zero lines add only zero singular values: dropping them changes no rank and shrinks
+        # the Gram matrix from n^2 to m^2 entries (and its factorisation from n^3 to m^3).
+        compact = lines[group[:, None], first_nonzero[group, :m]]
+        ranks[todo[group]] = _ranks_of_compact(_gram64(compact), rel_tol)
+    return ranks
+
+
+def _ranks_of_compact(gram: np.ndarray, rel_tol: float) -> np.ndarray:
+    """Ranks from Gram matrices of non-zero lines: Cholesky proves full rank, else eigvalsh."""
+    m = gram.shape[1]
+    proven = _full_rank_certificate(gram, rel_tol)
+    ranks = np.full(len(gram), m, np.int64)
     rest = np.flatnonzero(~proven)
-    ranks[todo[rest]] = _count_above(gram[rest], rel_tol)
+    ranks[rest] = _count_above(gram[rest], rel_tol)
     return ranks
 
 
@@ -182,8 +192,8 @@ def _gram_side(maps, nz_rows, nz_cols):
     """Turn each map so that its rows are the side with the fewest non-zero lines.
 
     Rectangular maps keep their shorter side as rows (the Gram matrix stays small); square maps
-    are transposed one by one, so that a map with 40 non-zero rows but 30 non-zero columns
-    becomes a 30-line candidate for the certificate instead of a sure failure.
+    are transposed one by one, so that a map with 40 non-zero rows but 30 non-zero columns gives
+    a 30 x 30 Gram matrix, which can be full rank, instead of a 40 x 40 one that cannot.
     """
     _, h, w = maps.shape
     if h != w:
@@ -196,24 +206,67 @@ def _gram_side(maps, nz_rows, nz_cols):
     return maps, np.where(flip[:, None], nz_cols, nz_rows)
 
 
-def _full_rank_certificate(gram: np.ndarray, nz_lines: np.ndarray, rel_tol: float) -> np.ndarray:
-    """True where Cholesky proves every non-zero line of the map independent.
+def _full_rank_certificate(gram: np.ndarray, rel_tol: float) -> np.ndarray:
+    """True where Cholesky proves all eigenvalues of the Gram matrix above the tolerance.
 
-    The zero lines of a map are exact zero rows and columns of its Gram matrix; giving them the
-    largest diagonal entry (no larger than the top eigenvalue) splits them off as a harmless
-    block. Subtracting ``t = trace * rel_tol`` (an upper bound on the true tolerance, since
-    ``trace >= lambda_max``) then leaves a positive definite matrix exactly when all the other
-    eigenvalues exceed the tolerance, which Cholesky decides in n^3/3 flops.
+    ``G - t I`` with ``t = trace * rel_tol`` is positive definite exactly when every eigenvalue
+    exceeds ``t``; as ``trace >= lambda_max``, ``t`` is at least the true tolerance
+    ``lambda_max * rel_tol``, so success proves full rank. Cholesky decides it in m^3/3 flops,
+    a tenth of the work of ``eigvalsh``.
     """
     diag_index = np.arange(gram.shape[1])
     shifted = gram.copy()
     diag = shifted[:, diag_index, diag_index]
     trace = _check_finite(diag.sum(axis=1))
-    lift = np.where(nz_lines, 0.0, diag.max(axis=1, keepdims=True))
-    shifted[:, diag_index, diag_index] = diag + lift - (trace * rel_tol)[:, None]
+    shifted[:, diag_index, diag_index] = diag - (trace * rel_tol)[:, None]
     # One LAPACK call per map: NumPy's batched cholesky raises for the whole stack when one
     # map fails, and torch's batched cholesky_ex was slower per map (see the benchmark).
     return np.fromiter((dpotrf(a, lower=1, clean=0)[1] == 0 for a in shifted), bool, len(shifted))
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Run the block with OpenBLAS (NumPy's and SciPy's copies) limited to one thread.
+
+    The rank kernels make thousands of small LAPACK and GEMM calls; OpenBLAS gains nothing from
+    threads there, and when another pool already occupies the cores (onnxruntime computing the
+    next batch) its threads wait on each other: overlapping inference with ranks took 1.76 s
+    instead of 1.17 s for one ResNet-50 batch until BLAS was held to one thread. The setting is
+    process-wide while the block runs and restored afterwards; without OpenBLAS (or off Linux)
+    this does nothing.
+    """
+    handles = _openblas_thread_controls()
+    saved = [(set_n, get_n()) for set_n, get_n in handles]
+    for set_n, _ in handles:
+        set_n(1)
+    try:
+        yield
+    finally:
+        for set_n, n in saved:
+            set_n(n)
+
+
+def _openblas_thread_controls() -> list:
+    """``(set_num_threads, get_num_threads)`` of every OpenBLAS loaded in this process."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:  # pragma: no cover - not Linux
+        return []
+    controls = []
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:  # pragma: no cover
+            continue
+        for prefix in ("", "scipy_"):
+            for suffix in ("", "64_"):
+                set_n = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+                get_n = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+                if set_n is not None and get_n is not None:
+                    set_n.argtypes, get_n.restype = [ctypes.c_int], ctypes.c_int
+                    controls.append((set_n, get_n))
+    return controls
 
 
 # --------------------------------------------------------------------------- helpers

@@ -121,7 +121,7 @@ def test_memory_budget_picks_the_batch_size():
     # Overlapping keeps three batches alive (collectors, queue, onnxruntime): a third each.
     assert calibrate(model, requests(), [{"x": x}], memory_budget=9 * per_image).batch_size == 3
     assert calibrate(model, requests(), [{"x": x}], memory_budget=1).batch_size == 1
-    assert calibrate(model, requests(), [{"x": x}]).batch_size == 10  # all of it fits in 1 GiB
+    assert calibrate(model, requests(), [{"x": x}]).batch_size == 10  # all of it fits in the default budget
 
 
 def test_static_batch_model_is_fed_one_image_at_a_time():

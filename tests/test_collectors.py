@@ -16,6 +16,7 @@ from onnxprune.collectors import (
     MeanActivationCollector,
     RankCollector,
     matrix_ranks,
+    one_blas_thread,
 )
 
 
@@ -289,3 +290,13 @@ def test_cross_gram_collector(batch, monkeypatch):
 def test_cross_gram_rejects_misaligned_samples():
     with pytest.raises(ValueError, match="sample layouts"):
         CrossGramCollector().update(np.zeros((2, 3, 4, 4)), np.zeros((2, 3, 2, 2)))
+
+
+def test_one_blas_thread_limits_and_restores():
+    controls = col._openblas_thread_controls()
+    if not controls:
+        pytest.skip("no OpenBLAS loaded")
+    before = [get() for _, get in controls]
+    with one_blas_thread():
+        assert [get() for _, get in controls] == [1] * len(controls)
+    assert [get() for _, get in controls] == before
