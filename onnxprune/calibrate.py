@@ -302,6 +302,8 @@ def _tensor_names(requests: Mapping[Key, Sequence]) -> list[str]:
 
 
 def _check_requests(requests: Mapping[Key, Sequence]) -> None:
+    if not requests or not any(requests.values()):
+        raise OnnxPruneError("nothing to calibrate: no collector was requested")
     for key, collectors in requests.items():
         names = [c.name for c in collectors]
         if len(set(names)) != len(names):

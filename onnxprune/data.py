@@ -119,7 +119,8 @@ def _check_array(name: str, array: np.ndarray, spec: InputSpec, where: str = "")
     expected = spec.shape_text()
     if array.ndim != len(spec.shape):
         raise DataError(
-            f"input '{name}'{where}: expected rank {len(spec.shape)} {expected}, given shape {tuple(array.shape)}"
+            f"input '{name}'{where}: expected rank {len(spec.shape)} {expected}, "
+            f"given shape {tuple(array.shape)}"
         )
     for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
         if axis > 0 and isinstance(want, int) and want != got:
@@ -133,7 +134,8 @@ def _check_array(name: str, array: np.ndarray, spec: InputSpec, where: str = "")
         if bad.any():
             sample = int(np.argwhere(bad)[0][0])
             raise DataError(
-                f"input '{name}'{where}: data contains NaN or Inf ({int(bad.sum())} values, first in sample {sample})"
+                f"input '{name}'{where}: data contains NaN or Inf "
+                f"({int(bad.sum())} values, first in sample {sample})"
             )
 
 

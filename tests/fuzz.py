@@ -183,7 +183,9 @@ def pad(f: Fuzz, x: str) -> str:
     c, h, w = f.shape[x]
     y = f.g.op("Pad", [x, f.i64([0, 0, 1, 1, 0, 0, 1, 1])])
     f.shape[y] = (c, h + 2, w + 2)
-    return y
+    # The Relu keeps onnxruntime (1.31) from fusing Pad -> Pad -> AveragePool into one pool whose
+    # pads exceed its kernel, which it then refuses to load: an onnxruntime bug, not onnxprune's.
+    return f.keep(f.g.op("Relu", [y]), y)
 
 
 def transpose_matmul(f: Fuzz, x: str) -> str:
@@ -241,6 +243,61 @@ def long_skip(f: Fuzz, x: str) -> str:
     return f.keep(f.g.op("Add", [x, other]), x)
 
 
+def self_concat(f: Fuzz, x: str) -> str:
+    """Concat of a tensor with itself: each channel appears twice in the output."""
+    c = f.shape[x][0]
+    return f.keep(f.g.op("Concat", [x, x], axis=1), x, 2 * c)
+
+
+def branch_op(f: Fuzz, x: str) -> str:
+    """Two conv branches joined by a non-additive elementwise op."""
+    cout = f.channels()
+    a, b = f.conv(x, cout), f.conv(x, cout)
+    op = str(f.rng.choice(["Sub", "Max", "Min", "Mul"]))
+    return f.keep(f.g.op(op, [a, b]), a)
+
+
+def shared_weights(f: Fuzz, x: str) -> str:
+    """Two convs reading one weight initializer (on x and on a relu of x), summed."""
+    c = f.shape[x][0]
+    cout = f.channels()
+    w = f.g.w(cout, c, 3, 3)
+    a = f.g.op("Conv", [x, w], pads=[1] * 4, kernel_shape=[3, 3])
+    b = f.g.op("Conv", [f.g.op("Relu", [x]), w], pads=[1] * 4, kernel_shape=[3, 3])
+    return f.keep(f.g.op("Add", [a, b]), x, cout)
+
+
+def negative_slice(f: Fuzz, x: str) -> str:
+    """The last k channels by negative bounds, or every second channel (a step)."""
+    c = f.shape[x][0]
+    if c < 3:
+        return conv_block(f, x)
+    if f.rng.random() < 0.5:
+        k = int(f.rng.integers(1, c))
+        y = f.g.op("Slice", [x, f.i64([-k]), f.i64([2**62]), f.i64([1])])
+        return f.keep(y, x, k)
+    y = f.g.op("Slice", [x, f.i64([0]), f.i64([c]), f.i64([1]), f.i64([2])])
+    return f.keep(y, x, (c + 1) // 2)
+
+
+def split_three(f: Fuzz, x: str) -> str:
+    """Split in three; one part is gated by a spatial mean of another, the third is dropped."""
+    c = f.shape[x][0]
+    if c < 3:
+        return conv_block(f, x)
+    a_n = int(f.rng.integers(1, c - 1))
+    sizes = [a_n, 1, c - a_n - 1]
+    parts = f.g.op("Split", [x, f.i64(sizes)], n_out=3, axis=1)
+    for p, n in zip(parts, sizes):
+        f.keep(p, x, n)
+    gate = f.g.op("Sigmoid", [f.g.op("GlobalAveragePool", [parts[1]])])  # [1, 1, 1, 1] broadcasts
+    return f.keep(f.g.op("Mul", [parts[0], gate]), x, a_n)
+
+
+def concat_depthwise(f: Fuzz, x: str) -> str:
+    return depthwise(f, concat(f, x))
+
+
 # Patterns that must block some channels (with a reason), never crash.
 def grouped_conv(f: Fuzz, x: str) -> str:
     c = f.shape[x][0]
@@ -264,7 +321,11 @@ def softmax(f: Fuzz, x: str) -> str:
 
 
 def unknown_op(f: Fuzz, x: str) -> str:
-    return f.keep(f.g.op("LRN", [x], size=3), x)
+    if f.rng.random() < 0.5:
+        return f.keep(f.g.op("LRN", [x], size=3), x)
+    c = f.shape[x][0]  # Gather of channels: no rule, so it blocks
+    idx = np.sort(f.rng.choice(c, size=max(1, c // 2), replace=False)).astype(np.int64)
+    return f.keep(f.g.op("Gather", [x, f.g.const(idx)], axis=1), x, len(idx))
 
 
 BLOCKS = {
@@ -274,7 +335,9 @@ BLOCKS = {
     "reshape": (reshape_roundtrip, 1), "conv_transpose": (conv_transpose, 1), "const": (per_channel_const, 1),
     "instance_norm": (instance_norm, 1), "mean_gate": (spatial_mean_gate, 1), "long_skip": (long_skip, 2),
     "grouped_conv": (grouped_conv, 1), "shuffle": (channel_shuffle, 1), "softmax": (softmax, 1),
-    "unknown_op": (unknown_op, 1),
+    "unknown_op": (unknown_op, 1), "self_concat": (self_concat, 1), "branch_op": (branch_op, 1),
+    "shared_weights": (shared_weights, 1), "negative_slice": (negative_slice, 1), "split_three": (split_three, 1),
+    "concat_depthwise": (concat_depthwise, 1),
 }
 
 
@@ -291,6 +354,13 @@ def flatten_gemm(f: Fuzz, x: str) -> str:
     hidden = int(f.rng.integers(3, 9))
     y = f.g.op("Relu", [f.g.op("Gemm", [flat, f.g.w(hidden, c * h * w, scale=0.1), f.g.w(hidden)], transB=1)])
     return f.g.op("Gemm", [y, f.g.w(3, hidden), f.g.w(3)], transB=1)
+
+
+def gemm_untransposed(f: Fuzz, x: str) -> str:
+    """GlobalAveragePool -> Flatten -> Gemm with B stored [in, out] (transB=0)."""
+    c = f.shape[x][0]
+    flat = f.g.op("Flatten", [f.g.op("GlobalAveragePool", [x])], axis=1)
+    return f.g.op("Gemm", [flat, f.g.w(c, 4), f.g.w(4)])
 
 
 def reduce_gemm(f: Fuzz, x: str) -> str:
@@ -316,7 +386,8 @@ def feature_map(f: Fuzz, x: str) -> str:
 
 
 HEADS = {"gap_gemm": (gap_gemm, 4), "flatten_gemm": (flatten_gemm, 2), "reduce_gemm": (reduce_gemm, 1),
-         "reshape_matmul": (reshape_matmul, 1), "feature_map": (feature_map, 1)}
+         "reshape_matmul": (reshape_matmul, 1), "feature_map": (feature_map, 1),
+         "gemm_untransposed": (gemm_untransposed, 1)}
 
 
 def _pick(rng: np.random.Generator, table: dict) -> str:
@@ -364,7 +435,7 @@ def run_case(seed: int, render_html: bool = False) -> Outcome:
     try:
         proto, blocks = random_cnn(seed)
         stage = "invariants"
-        analysis = check_invariants(proto, seeds=[seed], min_prunable=0)
+        analysis = check_invariants(proto, seeds=[seed, seed + 7919], min_prunable=0)
         stage = "compress"
         kind = str(rng.choice(["flops", "params"]))
         target = Target(kind, round(float(rng.uniform(0.1, 0.6)), 3))

@@ -190,6 +190,8 @@ def test_bad_requests_are_one_line_errors():
         calibrate(model, {"w1": [ApozCollector()]}, [{"x": inputs(2)}])
     with pytest.raises(OnnxPruneError, match=r"tensor 'logits' \(rank\): rank needs \[N, C, H, W\]"):
         calibrate(model, {"logits": [RankCollector()]}, [{"x": inputs(2)}])
+    with pytest.raises(OnnxPruneError, match="nothing to calibrate"):
+        calibrate(model, {}, [{"x": inputs(2)}])
     with pytest.raises(OnnxPruneError, match="share a name"):
         calibrate(model, {"r1": [ApozCollector(), ApozCollector()]}, [{"x": inputs(2)}])
     with pytest.raises(DataError, match=r"input 'x' \(batch 0\): expected shape \[N,3,16,16\]"):
@@ -238,12 +240,15 @@ def test_models_over_the_protobuf_limit_go_through_a_temporary_file(monkeypatch)
     np.testing.assert_array_equal(got, expected)
 
 
-def test_overlap_changes_no_result_and_passes_errors_on():
+def test_overlap_and_workers_change_no_result_and_pass_errors_on():
     model, x = small_cnn(), inputs(11)
-    runs = [calibrate(model, {"r2": [RankCollector(), GramCollector()]}, [{"x": x}], batch_size=3, overlap=o)
-            for o in (False, True)]
-    np.testing.assert_array_equal(runs[0].stats["r2"]["rank"], runs[1].stats["r2"]["rank"])
-    np.testing.assert_array_equal(runs[0].stats["r2"]["gram"].second_moment, runs[1].stats["r2"]["gram"].second_moment)
+    requests = lambda: {"r1": [RankCollector()], "r2": [RankCollector(), GramCollector()]}  # noqa: E731
+    runs = [calibrate(model, requests(), [{"x": x}], batch_size=3, overlap=o, workers=w)
+            for o, w in ((False, 1), (True, None), (True, 3))]
+    for r in runs[1:]:
+        for t in ("r1", "r2"):
+            np.testing.assert_array_equal(r.stats[t]["rank"], runs[0].stats[t]["rank"])
+        np.testing.assert_array_equal(r.stats["r2"]["gram"].second_moment, runs[0].stats["r2"]["gram"].second_moment)
     bad = [{"x": x[:4]}, {"x": x[4:8, :, :5]}]
     with pytest.raises(DataError, match=r"input 'x' \(batch 1\)"):
         calibrate(model, {"r2": [RankCollector()]}, bad, batch_size=2)
