@@ -23,8 +23,11 @@ _EXPORTS = {
     "Result": "pipeline", "Settings": "pipeline", "apply_plan": "pipeline", "compress": "pipeline",
     "inspect_model": "pipeline", "measured_cost": "pipeline", "sensitivity_analysis": "pipeline",
     "Plan": "plan",
-    "rewrite": "rewrite", "verify": "rewrite",
+    "verify": "rewrite",
 }
+# ``rewrite`` (the function) is not exported here: the submodule onnxprune.rewrite has the same
+# name, and once any code imports that submodule the package attribute is the module. Use
+# ``from onnxprune.rewrite import rewrite``.
 
 __all__ = sorted(_EXPORTS)
 

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import analyse, load_model, measured_cost, rewrite, verify
+from onnxprune import analyse, load_model, measured_cost, verify
+from onnxprune.rewrite import rewrite
 from onnxprune.analysis import IN
 from onnxprune.cost import CostModel
 from onnxprune.rewrite import random_inputs, run
