@@ -31,7 +31,7 @@ follow the pruned counts, patched, or its channels are blocked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -101,6 +101,19 @@ class Spread:
     axes: tuple[int, ...]
     index: np.ndarray
     shrink: int
+    chain: tuple[int, ...] = ()  # nodes that carried it, the spreading Reshape first
+    origin: tuple | None = None  # (shape, channel axis) of the tensor that was spread
+    deferred: list = field(default_factory=list)  # ties and checks needed unless it becomes a Gather
+
+    def then(self, node_index: int, **changes) -> "Spread":
+        """The spread one node further down the chain."""
+        return replace(self, chain=self.chain + (node_index,), **changes)
+
+    def settle(self) -> None:
+        """Apply the deferred ties and checks (once, whichever branch asks first)."""
+        actions, self.deferred[:] = list(self.deferred), []
+        for action in actions:
+            action()
 
 
 class Builder:
@@ -190,6 +203,10 @@ class Builder:
             d.node = self.model.index_of(self.node) if self.node is not None else None
         return d
 
+    def why_undefined(self, t: gs.Tensor) -> str:
+        """Why the variable ``t`` has no channel axis (its producer's refusal, a graph input...)."""
+        return self._undefined_reason(t, 1)
+
     def _undefined_reason(self, t: gs.Tensor, axis: int) -> str:
         if t.name in self.refused:
             return self.refused[t.name]
@@ -274,13 +291,21 @@ class Builder:
             return np.asarray(t.values)
         return self.shape_values.values(t)
 
-    def expect(self, pos: int, required: list, what: str, zero_copies: gs.Tensor | None = None) -> bool:
+    def expect(self, pos: int, required: list, what: str, zero_copies: gs.Tensor | None = None, node: gs.Node | None = None) -> bool:
         """Input ``pos`` of the current node must become ``required`` (per element) after pruning.
 
         A constant input is patched at rewrite time; a computed one is checked after grouping.
         ``zero_copies``: a Reshape input whose size an entry 0 copies. Returns False (and blocks
         the node) if the input cannot be evaluated.
         """
+        current = self.node
+        self.node = node or self.node  # a check deferred until a channel shuffle was understood
+        try:
+            return self._expect(pos, required, what, zero_copies)
+        finally:
+            self.node = current
+
+    def _expect(self, pos, required, what, zero_copies) -> bool:
         t = self.node.inputs[pos]
         r = self.shape_values.of(t)
         if r is None:
@@ -371,6 +396,8 @@ def analyse(model: Model) -> Analysis:
             if t.name in b.spread and t.name not in b.taken:
                 b.block(b.spread[t.name].src, b._spread_reason(t))
     b.node = None
+    for spread in b.spread.values():  # shuffles that did not become a Gather keep their ties
+        spread.settle()
     for out in model.graph.outputs:
         axis = b.axis_of(out)
         if axis is not None:

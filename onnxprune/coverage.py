@@ -139,19 +139,24 @@ def _check_invariants(result, seed: int) -> list[str]:
     """Invariants on the compressed model beyond the checker/onnxruntime run that ``compress``
     does (3): predicted cost = measured cost (4), removing nothing changes nothing (2), and
     masking equivalence on the chosen plan (1). Returns the names of those checked; raises
-    AssertionError naming the one that fails."""
+    AssertionError naming the one that fails (also under ``python -O``)."""
     analysis = result.analysis
     shapes = analysis.model.input_shapes
-    assert measured_cost(result.model, shapes) == result.allocation.cost, "invariant 4: measured cost differs from the prediction"
+    _require(measured_cost(result.model, shapes) == result.allocation.cost, "invariant 4: measured cost differs from the prediction")
     feeds = random_inputs(analysis.model.proto, shapes, seed=seed + 1)
     reference = run(analysis.model.proto, feeds)
     for a, b in zip(reference, run(rewrite(analysis, analysis.full_keep()), feeds)):
-        assert np.array_equal(a, b), "invariant 2: an empty plan changed the outputs"
+        _require(np.array_equal(a, b), "invariant 2: an empty plan changed the outputs")
     expected = run(masked(analysis, result.allocation.keep), feeds)
     for a, b in zip(expected, run(result.model, feeds)):
         scale = max(1.0, float(np.abs(a).max())) if np.size(a) else 1.0
-        assert np.allclose(b, a, rtol=1e-3, atol=1e-3 * scale), "invariant 1: pruned outputs differ from the masked model"
+        _require(np.allclose(b, a, rtol=1e-3, atol=1e-3 * scale), "invariant 1: pruned outputs differ from the masked model")
     return ["checker+onnxruntime", "cost", "empty plan", "masking"]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
 
 
 def masked(analysis: Analysis, keep: np.ndarray):

@@ -155,7 +155,7 @@ def _identity(sv: ShapeValues, node, t):
     if node.op == "Cast":
         to = node.attrs.get("to")
         kind = "f" if to in (1, 10, 11, 16) else "i"
-        elems = [Expr(float(e.value) if kind == "f" else int(e.value), e.op, e.args) for e in elems]
+        elems = [Expr(float(e.value) if kind == "f" else int(e.value), e.op, e.args, e.origin) for e in elems]
     return _out_shape(sv, t, shape, len(elems)), _passing(node, t, elems)
 
 
@@ -471,8 +471,10 @@ def patchable_literal(builder, e: Expr, expectation: Expectation) -> bool:
     """A literal can be patched if it enters through value-preserving ops used only here."""
     if e.op != "lit" or e.origin is None:
         return False
-    node_index = e.origin[0]
-    if node_index != expectation.node and builder.model.graph.nodes[node_index].op not in _PRESERVING:
+    node = builder.model.graph.nodes[e.origin[0]]
+    if not isinstance(node.inputs[e.origin[1]], gs.Constant):
+        return False  # a computed element that entered a Concat: see ``static``
+    if e.origin[0] != expectation.node and node.op not in _PRESERVING:
         return False
     return exclusive_path(builder, e.origin)
 

