@@ -101,19 +101,25 @@ def allocate_uniform(
         keep = analysis.keep_vector(kept)
         return kept, keep, cost.evaluate(keep)
 
-    best = at(limits.max_ratio)
+    hi, (kept, keep, final) = bisect(at, 0.0, limits.max_ratio, base, target,
+                                      lambda r: unreachable_message(analysis, cost, target, r, limits))
+    return Allocation(kept, keep, final, base, target, ratio=hi, strategy="uniform")
+
+
+def bisect(at, lo: float, hi: float, base: Cost, target: Target, unreachable, steps: int = 50):
+    """Smallest knob value in [lo, hi] whose candidate ``at(knob) -> (kept, keep, cost)`` meets the
+    target (reduction is monotone in the knob). Raises TargetError(unreachable(best)) if ``hi`` fails."""
+    best = at(hi)
     if best[2].reduction(base, target.kind) < target.fraction:
-        raise TargetError(unreachable_message(analysis, cost, target, best[2].reduction(base, target.kind), limits))
-    lo, hi = 0.0, limits.max_ratio
-    for _ in range(40):
+        raise TargetError(unreachable(best[2].reduction(base, target.kind)))
+    for _ in range(steps):
         mid = (lo + hi) / 2
         trial = at(mid)
         if trial[2].reduction(base, target.kind) >= target.fraction:
             hi, best = mid, trial
         else:
             lo = mid
-    kept, keep, final = best
-    return Allocation(kept, keep, final, base, target, ratio=hi, strategy="uniform")
+    return hi, best
 
 
 def unreachable_message(analysis: Analysis, cost: CostModel, target: Target, reachable: float, limits: Limits) -> str:

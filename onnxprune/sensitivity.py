@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .allocate import Allocation, Limits, Target, keep_from_counts, ranked, unreachable_message
+from .allocate import Allocation, Limits, Target, bisect, keep_from_counts, ranked, unreachable_message
 from .analysis import IN, Analysis
 from .cost import CostModel
-from .errors import DataError, PlanError, TargetError
+from .errors import DataError, PlanError
 from .plan import group_key
 from .rewrite import session
 
@@ -254,18 +254,8 @@ def allocate_sensitivity(
         return kept, keep, cost.evaluate(keep)
 
     hi = max((float(np.max(np.maximum.accumulate(np.maximum(c, 0)))) for c in curves.values()), default=0.0) + 1e-9
-    best = at(hi)
-    if best[2].reduction(base, target.kind) < target.fraction:
-        raise TargetError(unreachable_message(analysis, cost, target, best[2].reduction(base, target.kind), limits))
-    lo = 0.0
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        trial = at(mid)
-        if trial[2].reduction(base, target.kind) >= target.fraction:
-            hi, best = mid, trial
-        else:
-            lo = mid
-    kept, keep, final = best
+    hi, (kept, keep, final) = bisect(at, 0.0, hi, base, target,
+                                      lambda r: unreachable_message(analysis, cost, target, r, limits))
     ratios_used = {gid: round(ratio_at(c, ratios, hi), 4) for gid, c in curves.items()}
     return Allocation(kept, keep, final, base, target, ratio=None, strategy="sensitivity",
                       details={"threshold": hi, "metric": sens.metric, "ratios": ratios_used})
@@ -299,19 +289,10 @@ def allocate_global(
         keep = analysis.keep_vector(kept)
         return kept, keep, cost.evaluate(keep)
 
-    hi = max((float(s.max()) for s in norm.values()), default=0.0) + 1e-9
-    best = at(hi)
-    if best[2].reduction(base, target.kind) < target.fraction:
-        raise TargetError(unreachable_message(analysis, cost, target, best[2].reduction(base, target.kind), limits))
     lo = min((float(s.min()) for s in norm.values()), default=0.0)
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        trial = at(mid)
-        if trial[2].reduction(base, target.kind) >= target.fraction:
-            hi, best = mid, trial
-        else:
-            lo = mid
-    kept, keep, final = best
+    hi = max((float(s.max()) for s in norm.values()), default=0.0) + 1e-9
+    hi, (kept, keep, final) = bisect(at, lo, hi, base, target,
+                                      lambda r: unreachable_message(analysis, cost, target, r, limits))
     return Allocation(kept, keep, final, base, target, strategy="global", details={"threshold": hi})
 
 
