@@ -293,6 +293,9 @@ class Const:
 
     value: object
 
+    def at(self, ctx):
+        return self.value
+
 
 @dataclass(frozen=True)
 class Kept:
@@ -361,6 +364,14 @@ class Form:
                     self.exact and other.exact, self.deps | other.deps)
 
 
+def _const_form(value) -> Form:
+    """A constant (ints and finite floats are compared exactly; anything else is opaque)."""
+    try:
+        return Form(const=Fraction(value))
+    except (OverflowError, ValueError, TypeError):
+        return _opaque()
+
+
 def _opaque(*forms: Form) -> Form:
     deps = frozenset().union(*(f.channels() for f in forms)) if forms else frozenset()
     return Form({}, Fraction(0), False, deps)
@@ -421,7 +432,7 @@ class Forms:
 
     def _of(self, e: Expr) -> Form:
         if e.op == "lit":
-            return Form(const=Fraction(e.value)) if isinstance(e.value, (int, bool)) else _opaque()
+            return _const_form(e.value)
         if e.op == "size":
             return self.size(e.args[0], e.args[1], e.value)
         if e.op == "opaque":
@@ -449,7 +460,7 @@ class Forms:
         if r is None:
             return None
         if isinstance(r, Const):
-            return Form(const=Fraction(r.value)) if isinstance(r.value, (int, bool, np.integer)) else Form()
+            return _const_form(r.value)
         if isinstance(r, Kept):
             d = r.resolve(self.a.by_key)
             return Form() if d is None else self.atoms(d).scaled(Fraction(r.num, r.den))

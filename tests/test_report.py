@@ -4,7 +4,6 @@ conventions and bad inputs, headless-browser rendering, and interrupts that leav
 import base64
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,6 @@ import numpy as np
 import onnx
 import pytest
 
-from cli.main import main
 from graphs import G
 from onnxprune import Settings, Target, compress
 from onnxprune.errors import OnnxPruneError, PlanError
