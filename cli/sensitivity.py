@@ -21,12 +21,15 @@ Examples:
 @click.option("--criterion", type=click.Choice(["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]),
               default="hrank", show_default=True, help="Order in which each group's channels are removed.")
 @click.option("--eval-images", type=int, default=512, show_default=True, help="Images per evaluation.")
+@click.option("--reconstruct", type=click.Choice(["local", "none"]), default="local", show_default=True,
+              help="Measure each candidate after local reconstruction (what compress's default ldrf leaves) "
+                   "or after plain removal (for --reconstruct none).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @input_shape_option
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def sensitivity(model, data, output, plot, criterion, eval_images, device, input_shapes, force, as_json, quiet):
+def sensitivity(model, data, output, plot, criterion, eval_images, reconstruct, device, input_shapes, force, as_json, quiet):
     """Prune each channel group alone at 10%..90% and measure the damage on the data."""
     from onnxprune.graph import write_bytes_atomic
     from onnxprune.pipeline import sensitivity_analysis
@@ -37,7 +40,7 @@ def sensitivity(model, data, output, plot, criterion, eval_images, device, input
     out = output_path(model, output, ".sensitivity.json", force)
     with Progress(quiet or as_json) as progress:
         sens, _ = sensitivity_analysis(model, data, criterion, parse_input_shapes(input_shapes), eval_images,
-                                       progress=progress, providers=_providers(device))
+                                       progress=progress, providers=_providers(device), reconstruct=reconstruct)
     write_bytes_atomic(out, sens.to_json().encode())
     if plot:
         plot_sensitivity(sens, plot)
@@ -45,7 +48,8 @@ def sensitivity(model, data, output, plot, criterion, eval_images, device, input
         click.echo(sens.to_json())
         return
     click.echo(f"{len(sens.curves)} groups x {len(sens.ratios)} ratios = {sens.evaluations} evaluations in "
-               f"{sens.seconds:.1f} s; metric {sens.metric}")
+               f"{sens.seconds:.1f} s; metric {sens.metric}"
+               + ("; after local reconstruction" if sens.compensated else "; plain removal"))
     click.echo(f"{'group':>5}  {'name':<40} " + " ".join(f"{r:>6.0%}" for r in sens.ratios))
     for gid, curve in sens.curves.items():
         click.echo(f"{gid:>5}  {sens.names.get(gid, '')[-40:]:<40} " + " ".join(f"{v:>6.2g}" for v in curve))

@@ -20,9 +20,9 @@ from .criteria import CRITERIA, score_groups
 from .errors import OnnxPruneError, PlanError, TargetError
 from .graph import Model, load_model, read_model
 from .plan import Plan, make_plan, plan_keep
-from .reconstruct import reconstruct
+from .reconstruct import Compensator, reconstruct
 from .rewrite import rewrite, verify
-from .scoring import DATA_CRITERIA, collect, data_scores
+from .scoring import DATA_CRITERIA, collect, data_scores, observations
 from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity
 
 
@@ -141,7 +141,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
 
     if settings.allocation == "sensitivity":
         if sensitivity is None:
-            evaluator = _evaluator(analysis, evalset or dataset, settings)
+            evaluator = _evaluator(analysis, evalset or dataset, settings, dataset if mode != "none" else None)
             sensitivity = measure_sensitivity(analysis, evaluator, scores, criterion, progress=stage("sensitivity"))
             timer.lap("sensitivity")
         else:
@@ -207,15 +207,26 @@ def _check_settings(settings: Settings, criterion: str, mode: str, dataset, eval
         raise OnnxPruneError("sensitivity allocation evaluates pruned candidates: give --data or --eval-data")
 
 
-def _evaluator(analysis: Analysis, dataset, settings: Settings) -> MaskedEvaluator:
+def _evaluator(analysis: Analysis, dataset, settings: Settings, calibration=None) -> MaskedEvaluator:
+    """One masked session over the first ``eval_images`` images; with ``calibration`` data the
+    candidates are evaluated after local reconstruction (the curves then measure what
+    reconstruction cannot repair: groups it repairs well get pruned harder)."""
     subset = dataset.take(settings.eval_images) if dataset.num_samples and dataset.num_samples > settings.eval_images else dataset
     batches = list(subset.batches(settings.batch_size or 128))
-    return MaskedEvaluator(analysis, batches, subset.labels, settings.providers)
+    compensator = None
+    if calibration is not None:
+        compensator = Compensator(analysis, _Batches(calibration, settings.batch_size or 64, settings.calib_batches),
+                                  seed=settings.seed)
+    return MaskedEvaluator(analysis, batches, subset.labels, settings.providers, compensator)
 
 
 def sensitivity_analysis(source, data, criterion: str | None = None, input_shapes=None, eval_images: int = 512,
-                         seed: int = 0, progress=None, providers=None) -> tuple[Sensitivity, Analysis]:
-    """The per-group sensitivity curves alone (``onnxprune sensitivity``)."""
+                         seed: int = 0, progress=None, providers=None,
+                         reconstruct: str = "local") -> tuple[Sensitivity, Analysis]:
+    """The per-group sensitivity curves alone (``onnxprune sensitivity``); ``reconstruct``
+    "local" measures each candidate after local reconstruction, "none" after plain removal."""
+    if reconstruct not in ("local", "none"):
+        raise OnnxPruneError(f"sensitivity curves are measured with reconstruction 'local' or 'none', not {reconstruct!r}")
     model, dataset, _ = load_inputs(source, input_shapes, data)
     _, analysis, _ = prepare(model)
     if not analysis.prunable_groups:
@@ -227,7 +238,8 @@ def sensitivity_analysis(source, data, criterion: str | None = None, input_shape
         scores = data_scores(analysis, criterion, calibration, seed)
     else:
         scores = score_groups(analysis, criterion, seed=seed)
-    evaluator = _evaluator(analysis, dataset, Settings(Target("flops", 0.5), eval_images=eval_images, providers=providers))
+    evaluator = _evaluator(analysis, dataset, Settings(Target("flops", 0.5), eval_images=eval_images, providers=providers,
+                                                       seed=seed), dataset if reconstruct == "local" else None)
     sens = measure_sensitivity(analysis, evaluator, scores, criterion,
                                progress=(lambda d, t: progress("sensitivity", d, t)) if progress else None)
     return sens, analysis
@@ -310,13 +322,22 @@ def inspect_model(source, input_shapes=None) -> dict:
     for g in analysis.groups:
         for d in g.dims:
             group_of_dim.setdefault(d, []).append(g.id)
+    observed = _observed_labels(analysis)
+    activation_dim = {}  # variable tensor -> its channel dim (the producer's, created first)
+    for d in analysis.dims:
+        if not d.constant:
+            activation_dim.setdefault(d.tensor, d.id)
     layers = []
     for i, node in enumerate(model.graph.nodes):
         if i not in per_node:
             continue
-        out_groups = sorted({gid for d in analysis.dims if d.node == i and d.role in ("out", "depthwise") for gid in group_of_dim.get(d.id, [])})
-        in_groups = sorted({gid for d in analysis.dims if d.node == i and d.role == "in" for gid in group_of_dim.get(d.id, [])})
         y = node.outputs[0] if node.outputs else None
+        out_groups = sorted({gid for d in analysis.dims if d.node == i and d.role in ("out", "depthwise") for gid in group_of_dim.get(d.id, [])})
+        if not out_groups and not per_node[i].macs and y is not None and y.name in activation_dim:
+            # A layer with parameters but no MACs (BatchNormalization, PRelu, a per-channel scale):
+            # its output channels are its input's, and its parameters go with that group.
+            out_groups = sorted(group_of_dim.get(activation_dim[y.name], []))
+        in_groups = sorted({gid for d in analysis.dims if d.node == i and d.role == "in" for gid in group_of_dim.get(d.id, [])})
         layers.append({
             "index": i,
             "name": node.name,
@@ -338,6 +359,7 @@ def inspect_model(source, input_shapes=None) -> dict:
         "dims": [analysis.dims[d].label for d in g.dims],
         "producers": [analysis.dims[d].label for d in g.dims if analysis.dims[d].role == "out"],
         "consumers": [analysis.dims[d].label for d in g.dims if analysis.dims[d].role == "in"],
+        "output": [label for dim, label in observed if dim in g.atom_index],
     } for g in analysis.groups]
     prunable_macs = sum(l["macs"] for l in layers if l["prunable"])
     return {
@@ -358,3 +380,10 @@ def inspect_model(source, input_shapes=None) -> dict:
         "groups": groups,
         "blockers": [{"reason": r, "macs_share": round(s, 6)} for r, s in main_blockers(analysis, cost)],
     }
+
+
+def _observed_labels(analysis: Analysis) -> list[tuple[int, str]]:
+    """(dim id, ``tensor[axis k]``) of every activation the data criteria observe: where a group's
+    channels leave their BatchNormalization/activation chain and are read by the next weighted
+    layer (before a global pooling that feeds a fully connected layer)."""
+    return [(o.dim, f"{o.tensor}[axis {o.axis}]") for o in observations(analysis).values()]

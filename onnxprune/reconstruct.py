@@ -69,14 +69,29 @@ class Moments:
     tz: np.ndarray | None = None  # sum T Z'
     zz: np.ndarray | None = None  # sum Z Z'
 
-    def update(self, target: np.ndarray, inputs: np.ndarray) -> None:
-        """``target`` [C, samples], ``inputs`` [K, samples] (float64 accumulation)."""
-        t, z = target.astype(np.float64), inputs.astype(np.float64)
-        parts = dict(t=t.sum(1), z=z.sum(1), tt=t @ t.T, tz=t @ z.T, zz=z @ z.T)
+    def update(self, target: np.ndarray, inputs: np.ndarray | None) -> None:
+        """``target`` [C, samples], ``inputs`` [K, samples] (float64 accumulation); ``inputs``
+        None means the inputs are the targets (one Gram instead of three)."""
+        # Per-batch products in float32 (BLAS sgemm/ssyrk, twice the float64 speed; the
+        # relative rounding, ~sqrt(samples) x 6e-8, is far below the fit's 1e-3 ridge), summed
+        # over batches in float64. Sums of T and Z in float64.
+        t = np.ascontiguousarray(target, dtype=np.float32)
+        if inputs is None:
+            tt = (t @ t.T).astype(np.float64)
+            s = t.sum(1, dtype=np.float64)
+            parts = dict(t=s, z=s, tt=tt, tz=tt, zz=tt)
+        else:
+            z = np.ascontiguousarray(inputs, dtype=np.float32)
+            parts = dict(t=t.sum(1, dtype=np.float64), z=z.sum(1, dtype=np.float64), tt=(t @ t.T).astype(np.float64),
+                         tz=(t @ z.T).astype(np.float64), zz=(z @ z.T).astype(np.float64))
         for key, value in parts.items():
             current = getattr(self, key)
             setattr(self, key, value if current is None else current + value)
         self.n += t.shape[1]
+
+    def restrict(self, kept: np.ndarray) -> "Moments":
+        """The moments of (all channels, kept channels) from the moments of (all, all)."""
+        return Moments(self.n, self.t, self.t[kept], self.tt, self.tt[:, kept], self.tt[np.ix_(kept, kept)])
 
 
 @dataclass
@@ -210,13 +225,30 @@ def _embed(a: np.ndarray, m: Moments, energy: float) -> np.ndarray:
 def output_error(w3: np.ndarray, a: np.ndarray, m: Moments) -> float:
     """E|| W (T - A [Z;1]) ||^2 summed over taps/positions, from the moments (cross-tap
     correlations ignored): the check that decides between compensation and plain removal."""
-    n, k = m.n, a.shape[1] - 1
+    return output_errors(w3, [a], m)[0]
+
+
+def output_errors(w3: np.ndarray, fits: list[np.ndarray], m: Moments) -> list[float]:
+    """``output_error`` for several fits, sharing the term that does not depend on the fit.
+
+    With R = the weight's rows [rows x P, C] and B = R A: trace(R E[(T-AZ)(T-AZ)'] R') =
+    tr(R Stt R') - 2 tr(R Stz B') + tr(B Szz B'), all from products with R, never a C x C x K
+    product (the weight usually has fewer rows than the Gram has channels).
+    """
+    n = m.n
+    wm = w3.reshape(-1, w3.shape[-2], w3.shape[-1])  # [rows, C, P]
+    rows = np.moveaxis(wm, 2, 1).reshape(-1, wm.shape[1])  # [rows x P, C]
+    base = float(((rows @ (m.tt / n)) * rows).sum())
+    k = fits[0].shape[1] - 1
     szz = np.zeros((k + 1, k + 1))
     szz[:k, :k], szz[:k, k], szz[k, :k], szz[k, k] = m.zz / n, m.z / n, m.z / n, 1.0
     stz = np.concatenate([m.tz / n, (m.t / n)[:, None]], axis=1)
-    err = m.tt / n - a @ stz.T - stz @ a.T + a @ szz @ a.T  # E[(T - AZ)(T - AZ)']
-    wm = w3.reshape(-1, w3.shape[-2], w3.shape[-1])  # [rows, C, P]
-    return float(np.einsum("rcp,cd,rdp->", wm, err, wm))
+    rs = rows @ stz  # [rows x P, K+1]
+    out = []
+    for a in fits:
+        b = rows @ a
+        out.append(base - 2.0 * float((rs * b).sum()) + float(((b @ szz) * b).sum()))
+    return out
 
 
 # --- the fold -----------------------------------------------------------------------------------
@@ -233,10 +265,12 @@ def fold(w: np.ndarray, c: Consumer, a: np.ndarray, kept_channels: np.ndarray):
     """Folded weight (in-dim reduced to the kept channels' atoms, other axes untouched) and the
     bias delta per output of the consumer (None where the consumer has no output axis)."""
     w3, out_axis = weight_blocks(w, c)  # [..., C, P]
-    new = np.einsum("...cp,ck->...kp", w3, a[:, :-1])
+    rows = np.moveaxis(w3, -2, -1)  # [..., P, C]
+    new = (rows.reshape(-1, rows.shape[-1]) @ a[:, :-1]).reshape(*rows.shape[:-1], a.shape[1] - 1)
+    new = np.moveaxis(new, -1, -2)  # [..., K, P]; one 2-D matmul (a batched one loops per row)
     delta = None
     if out_axis is not None:
-        contrib = np.einsum("...cp,c->...", w3, a[:, -1])
+        contrib = (w3 * a[:, -1][:, None]).sum(axis=(-2, -1))
         delta = contrib.sum(axis=tuple(i for i in range(contrib.ndim) if i != out_axis)) if contrib.ndim else contrib
     k = len(kept_channels)
     folded = new.reshape(*new.shape[:-2], k * c.positions.shape[1])
@@ -244,9 +278,10 @@ def fold(w: np.ndarray, c: Consumer, a: np.ndarray, kept_channels: np.ndarray):
 
 
 def apply_folds(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, fits: dict[int, np.ndarray],
-                consumers: list[Consumer]) -> onnx.ModelProto:
-    """Write folded weights (sliced like the plain rewrite on every other pruned axis) and biases."""
-    proto = copy.deepcopy(pruned)
+                consumers: list[Consumer], in_place: bool = False) -> onnx.ModelProto:
+    """Write folded weights (sliced like the plain rewrite on every other pruned axis) and biases.
+    Each consumer must be folded once: LDRF folds wave by wave ``in_place`` into one copy."""
+    proto = pruned if in_place else copy.deepcopy(pruned)
     inits = {t.name: t for t in proto.graph.initializer}
     atoms = analysis.kept_atoms(keep)
     for i, c in enumerate(consumers):
@@ -321,22 +356,23 @@ def reconstruct(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, b
     else:
         waves = _waves(analysis, consumers, _upstream_pruned(analysis, consumers, touched, atoms))
     fits: dict[int, np.ndarray] = {}
-    current = pruned
+    current = copy.deepcopy(pruned) if mode == "ldrf" else pruned
     for w, wave in enumerate(waves):
         observed = sorted({consumers[i].observed for i in wave})
-        moments = _moments(analysis, atoms, current if mode == "ldrf" else None, observed, batches,
-                           max_positions, seed)
+        # local: the moments of all channels (one Gram per tensor); kept subsets are sub-blocks
+        moments = _moments(analysis, atoms if mode == "ldrf" else analysis.kept_atoms(analysis.full_keep()),
+                           current if mode == "ldrf" else None, observed, batches, max_positions, seed)
         report.passes += 1
         for i in wave:
             c = consumers[i]
-            m = moments[c.observed]
             o_dim = analysis.by_key[(c.observed, c.observed_axis)]
             kept = np.flatnonzero(atoms[o_dim.offset : o_dim.offset + o_dim.size])
+            m = moments[c.observed] if mode == "ldrf" else moments[c.observed].restrict(kept)
             a = fit(m, kept, ridge, energy, local=(mode == "local"))
             plain = np.zeros_like(a)
             plain[kept, np.arange(len(kept))] = 1.0
             w3, _ = weight_blocks(np.asarray(analysis.model.tensors[c.weight].values, dtype=np.float64), c)
-            e_fit, e_plain = output_error(w3, a, m), output_error(w3, plain, m)
+            e_fit, e_plain = output_errors(w3, [a, plain], m)
             label = analysis.model.graph.nodes[c.node].name or c.weight
             report.gain[label] = round(e_fit / e_plain, 6) if e_plain > 0 else 1.0
             if np.isfinite(e_fit) and e_fit < e_plain:
@@ -344,8 +380,8 @@ def reconstruct(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, b
                 report.fitted.append(label)
             else:
                 report.fallback.append(label)
-        if mode == "ldrf":
-            current = apply_folds(analysis, keep, pruned, fits, consumers)
+        if mode == "ldrf":  # the next waves see this wave's consumers compensated
+            apply_folds(analysis, keep, current, {i: fits[i] for i in wave if i in fits}, consumers, in_place=True)
         if progress:
             progress(w + 1, len(waves))
     if mode == "local":
@@ -408,25 +444,143 @@ def _moments(analysis: Analysis, atoms: np.ndarray, pruned: onnx.ModelProto | No
     rng = np.random.default_rng(seed)
     moments = {name: Moments() for name in observed}
     axes = {name: next(d.axis for (t, _), d in analysis.by_key.items() if t == name and not d.constant) for name in observed}
+    names_a = {i.name for i in sess_a.get_inputs()}
+    names_b = {i.name for i in sess_b.get_inputs()} if sess_b is not None else set()
     for batch in batches:
-        outs_a = dict(zip(observed, sess_a.run(observed, batch)))
-        outs_b = dict(zip(observed, sess_b.run(observed, batch))) if sess_b is not None else None
+        outs_a = dict(zip(observed, sess_a.run(observed, {k: v for k, v in batch.items() if k in names_a})))
+        outs_b = (dict(zip(observed, sess_b.run(observed, {k: v for k, v in batch.items() if k in names_b})))
+                  if sess_b is not None else None)
         for name in observed:
             t = channels_of(outs_a[name], axes[name])
             d = analysis.by_key[(name, axes[name])]
             kept = np.flatnonzero(atoms[d.offset : d.offset + d.size])
-            z = channels_of(outs_b[name], axes[name]) if outs_b is not None else t[kept]
+            if outs_b is not None:
+                z = channels_of(outs_b[name], axes[name])
+            else:
+                z = None if len(kept) == t.shape[0] else t[kept]
             if t.shape[1] > max_positions * len(next(iter(batch.values()))):
                 pick = rng.choice(t.shape[1], size=max_positions * len(next(iter(batch.values()))), replace=False)
-                t, z = t[:, pick], z[:, pick]
+                t, z = t[:, pick], (None if z is None else z[:, pick])
             moments[name].update(t, z)
     return moments
 
 
 def _exposing(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy whose graph outputs are ``names`` (types are left for onnxruntime to infer)."""
-    copy_ = copy.deepcopy(proto)
-    del copy_.graph.output[:]
+    """A model whose graph outputs are ``names``: only the nodes and initializers they need (an
+    LDRF wave deep in the network runs the whole prefix, an early wave a few layers), types
+    left for onnxruntime to infer."""
+    graph = proto.graph
+    producer = {t: i for i, n in enumerate(graph.node) for t in n.output}
+    needed, stack = set(), [producer[n] for n in names if n in producer]
+    while stack:
+        i = stack.pop()
+        if i in needed:
+            continue
+        needed.add(i)
+        stack.extend(producer[t] for t in graph.node[i].input if t in producer)
+        for a in graph.node[i].attribute:  # a subgraph may read outer tensors: keep everything
+            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                needed = set(range(len(graph.node)))
+                stack = []
+                break
+    used = {t for i in needed for t in graph.node[i].input}
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    g = out.graph
+    del g.node[:], g.output[:], g.initializer[:], g.value_info[:]
+    g.node.extend(graph.node[i] for i in sorted(needed))
+    g.initializer.extend(t for t in graph.initializer if t.name in used)
+    kept_inputs = [i for i in graph.input if i.name in used or i.name in names]
+    del g.input[:]
+    g.input.extend(kept_inputs)
     for name in names:
-        copy_.graph.output.append(onnx.ValueInfoProto(name=name))
-    return copy_
+        g.output.append(onnx.ValueInfoProto(name=name))
+    return out
+
+
+# --- compensation inside the masked evaluator ---------------------------------------------------
+class Compensator:
+    """Local reconstruction for the sensitivity analysis, without rewriting the model.
+
+    The masked evaluator (sensitivity.py) evaluates a candidate by feeding zeroed consumer
+    weights to one session. With a compensator it feeds the *folded* weights instead, scattered
+    back to the full input width (zeros at the removed channels), plus the corrected biases: the
+    same function as the locally reconstructed pruned model, so each group's curve measures the
+    damage that reconstruction leaves, not the damage of plain removal. The moments are those of
+    the original model over all channels, gathered once; any kept subset is a sub-block of them
+    (``Moments.restrict``), so an evaluation costs one small ridge solve per touched consumer.
+    """
+
+    def __init__(self, analysis: Analysis, batches, ridge: float = 1e-3, max_positions: int = 256, seed: int = 0):
+        self.analysis = analysis
+        self.ridge = ridge
+        self.consumers = [c for c in find_consumers(analysis) if analysis.model.graph.nodes[c.node].op != "ConvTranspose"]
+        observed = sorted({c.observed for c in self.consumers})
+        everything = analysis.kept_atoms(analysis.full_keep())
+        self.moments = _moments(analysis, everything, None, observed, batches, max_positions, seed) if observed else {}
+        self.biases: dict[int, str] = {}
+        self.base: dict[str, np.ndarray] = {}
+
+    def prepare(self, proto: onnx.ModelProto) -> list[str]:
+        """Give every compensated Conv/Gemm a bias input (zeros where it had none: the same
+        function) and return the bias names the evaluator must feed."""
+        inits = {t.name: t for t in proto.graph.initializer}
+        for i, c in enumerate(self.consumers):
+            node = proto.graph.node[c.node]
+            if node.op_type not in ("Conv", "Gemm") or c.out_axis is None:
+                continue
+            if c.bias is not None:
+                name = c.bias
+            else:
+                w = inits[c.weight]
+                name = f"{c.weight}_onnxprune_bias"
+                if name not in inits:
+                    zeros = np.zeros(w.dims[c.out_axis], dtype=numpy_helper.to_array(w).dtype)
+                    proto.graph.initializer.append(numpy_helper.from_array(zeros, name))
+                    inits[name] = proto.graph.initializer[-1]
+                while len(node.input) < 3:
+                    node.input.append("")
+                node.input[2] = name
+                for attr in node.attribute:
+                    if attr.name == "beta" and attr.f == 0.0:
+                        attr.f = 1.0
+            self.biases[i] = name
+            self.base[name] = numpy_helper.to_array(inits[name])
+        return sorted(set(self.biases.values()))
+
+    def weights(self, keep: np.ndarray) -> dict[str, np.ndarray]:
+        """Folded full-width weights and corrected biases of the consumers ``keep`` touches
+        (consumers where compensation does not lower the output error are left out: the
+        evaluator masks them plainly)."""
+        analysis = self.analysis
+        atoms = analysis.kept_atoms(keep)
+        out: dict[str, np.ndarray] = {}
+        for i, c in enumerate(self.consumers):
+            if atoms[c.in_dim.offset : c.in_dim.offset + c.in_dim.size].all():
+                continue
+            o_dim = analysis.by_key[(c.observed, c.observed_axis)]
+            kept = np.flatnonzero(atoms[o_dim.offset : o_dim.offset + o_dim.size])
+            if not len(kept):
+                continue
+            m = self.moments[c.observed].restrict(kept)
+            a = fit(m, kept, self.ridge, None, local=True)
+            plain = np.zeros_like(a)
+            plain[kept, np.arange(len(kept))] = 1.0
+            w = np.asarray(analysis.model.tensors[c.weight].values, dtype=np.float64)
+            w3, _ = weight_blocks(w, c)
+            e_fit, e_plain = output_errors(w3, [a, plain], m)
+            if not e_fit < e_plain:
+                continue
+            folded, delta = fold(w, c, a, kept)
+            moved = np.zeros(np.moveaxis(w, c.in_dim.axis, -1).shape)
+            moved[..., c.positions[kept].reshape(-1)] = np.moveaxis(folded, c.in_dim.axis, -1)
+            dtype = np.asarray(analysis.model.tensors[c.weight].values).dtype
+            out[c.weight] = np.moveaxis(moved, -1, c.in_dim.axis).astype(dtype)
+            name = self.biases.get(i)
+            if name is not None and delta is not None:
+                node = analysis.model.graph.nodes[c.node]
+                if node.op == "Gemm":
+                    delta = delta * node.attrs.get("alpha", 1.0) / (node.attrs.get("beta", 1.0) or 1.0)
+                current = out.get(name, self.base[name])
+                out[name] = (current + delta.reshape(current.shape)).astype(current.dtype)
+        return out

@@ -27,6 +27,7 @@ from .analysis import IN, Analysis
 from .cost import CostModel
 from .errors import DataError, PlanError
 from .plan import group_key
+from .reconstruct import Compensator
 from .rewrite import session
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -52,20 +53,26 @@ class MaskedEvaluator:
     """
 
     def __init__(self, analysis: Analysis, batches: list[dict[str, np.ndarray]], labels: np.ndarray | None = None,
-                 providers=None):
+                 providers=None, compensator: Compensator | None = None):
         if not batches:
             raise DataError("no evaluation data: the sensitivity analysis needs at least one batch")
         self.analysis = analysis
         self.batches = batches
         self.labels = None if labels is None else np.asarray(labels).reshape(-1)
         self.weights = self._consumer_weights()
+        self.compensator = compensator
         proto = copy.deepcopy(analysis.model.proto)
+        fed = set(self.weights)
+        if compensator is not None:
+            fed |= set(compensator.prepare(proto))
         existing = {i.name for i in proto.graph.input}
         for init in proto.graph.initializer:
-            if init.name in self.weights and init.name not in existing:
+            if init.name in fed and init.name not in existing:
                 proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        self.proto, self.providers = proto, providers
         self.session = session(proto, providers)
         self.output = self.session.get_outputs()[0].name
+        self.focus: _Focus | None = None
         self.reference = [self._run(b, {}) for b in batches]
         n = sum(len(r) for r in self.reference)
         if self.labels is not None and len(self.labels) != n:
@@ -81,7 +88,24 @@ class MaskedEvaluator:
     def _run(self, batch: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([self.output], {**batch, **weights})[0]
 
-    def masked_weights(self, keep: np.ndarray) -> dict[str, np.ndarray]:
+    def focus_on(self, keeps: list[np.ndarray], memory_budget: int = 2 << 30) -> bool:
+        """Restrict the next evaluations (of ``keeps``) to the part of the graph whose weights
+        they change, and what follows. The tensors entering that part are computed once by a
+        prefix model and cached; each evaluation then runs only the suffix. Returns False (and
+        evaluates the whole model) where the cache would exceed ``memory_budget`` bytes, the
+        graph has subgraphs, or nothing would be saved."""
+        self.focus = None
+        names = {n for keep in keeps for n in self.masked_weights(keep, compensate=False)}
+        if self.compensator is not None:
+            names |= {self.compensator.biases[i] for i, c in enumerate(self.compensator.consumers)
+                      if c.weight in names and i in self.compensator.biases}
+        self.focus = _Focus.build(self.proto, names, self.output, self.batches, self.providers, memory_budget)
+        return self.focus is not None
+
+    def unfocus(self) -> None:
+        self.focus = None
+
+    def masked_weights(self, keep: np.ndarray, compensate: bool = True) -> dict[str, np.ndarray]:
         atoms = self.analysis.kept_atoms(keep)
         out: dict[str, np.ndarray] = {}
         for d in self.analysis.dims:
@@ -95,11 +119,15 @@ class MaskedEvaluator:
                 index[d.axis] = removed
                 w[tuple(index)] = 0
                 out[d.tensor] = w
+        if self.compensator is not None and compensate:
+            out.update(self.compensator.weights(keep))
         return out
 
     def outputs(self, keep: np.ndarray) -> list[np.ndarray]:
         weights = self.masked_weights(keep)
         self.evaluations += 1
+        if self.focus is not None:
+            return self.focus.run(weights)
         return [self._run(b, weights) for b in self.batches]
 
     def metrics_of(self, outputs: list[np.ndarray]) -> dict[str, float]:
@@ -133,6 +161,78 @@ class MaskedEvaluator:
         return metrics[metric] + (tie if metric != "error" else 0.0)
 
 
+class _Focus:
+    """A suffix of the evaluator's graph fed by cached prefix activations (see ``focus_on``)."""
+
+    def __init__(self, sess, inputs: set[str], cached: list[dict[str, np.ndarray]], output: str):
+        self.sess, self.inputs, self.cached, self.output = sess, inputs, cached, output
+
+    def run(self, weights: dict[str, np.ndarray]) -> list[np.ndarray]:
+        fed = {k: v for k, v in weights.items() if k in self.inputs}
+        return [self.sess.run([self.output], {**c, **fed})[0] for c in self.cached]
+
+    @classmethod
+    def build(cls, proto: onnx.ModelProto, names: set[str], output: str, batches, providers, budget: int):
+        graph = proto.graph
+        nodes = list(graph.node)
+        if not names or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                            for n in nodes for a in n.attribute):
+            return None
+        consumers: dict[str, list[int]] = {}
+        for i, n in enumerate(nodes):
+            for t in n.input:
+                consumers.setdefault(t, []).append(i)
+        # nodes whose result can change: the readers of the fed weights and everything after them
+        changed, stack = set(), [i for t in names for i in consumers.get(t, [])]
+        while stack:
+            i = stack.pop()
+            if i not in changed:
+                changed.add(i)
+                stack.extend(j for t in nodes[i].output for j in consumers.get(t, []))
+        produced = {t for i in changed for t in nodes[i].output}
+        inits = {t.name for t in graph.initializer}
+        model_inputs = {t.name for t in graph.input} - inits
+        cut = sorted({t for i in changed for t in nodes[i].input if t and t not in produced and t not in inits})
+        if len(changed) == len(nodes) or output not in produced:
+            return None  # nothing to save (or the output does not depend on the weights)
+        from_prefix = [t for t in cut if t not in model_inputs]
+        cached = []
+        if from_prefix:
+            prefix = onnx.ModelProto()
+            prefix.CopyFrom(proto)
+            del prefix.graph.output[:]
+            prefix.graph.output.extend(onnx.ValueInfoProto(name=t) for t in from_prefix)
+            sess, used = session(prefix, providers), 0
+            for b in batches:
+                arrays = dict(zip(from_prefix, sess.run(from_prefix, b)))
+                used += sum(a.nbytes for a in arrays.values())
+                if used > budget:
+                    return None
+                cached.append({**{t: b[t] for t in cut if t in model_inputs}, **arrays})
+        else:
+            cached = [{t: b[t] for t in cut} for b in batches]
+        suffix = onnx.ModelProto()
+        suffix.CopyFrom(proto)
+        g = suffix.graph
+        del g.node[:], g.input[:], g.output[:]
+        g.node.extend(nodes[i] for i in sorted(changed))
+        needed = {t for i in changed for t in nodes[i].input}
+        kept_inits = [t for t in graph.initializer if t.name in needed]
+        del g.initializer[:]
+        g.initializer.extend(kept_inits)
+        produced_or_cut = produced | set(cut)
+        kept_info = [v for v in graph.value_info if v.name in produced_or_cut]
+        del g.value_info[:]
+        g.value_info.extend(kept_info)
+        for t in cut:
+            a = cached[0][t]
+            shape = ["N", *a.shape[1:]] if a.ndim else []  # batches may differ in size
+            g.input.append(onnx.helper.make_tensor_value_info(t, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), shape))
+        g.input.extend(i for i in graph.input if i.name in names and i.name in needed)
+        g.output.append(onnx.ValueInfoProto(name=output))
+        return cls(session(suffix, providers), {i.name for i in g.input}, cached, output)
+
+
 @dataclass
 class Sensitivity:
     """Per-group damage curves: ``curves[gid][i]`` is the damage at ``ratios[i]``."""
@@ -148,6 +248,7 @@ class Sensitivity:
     base: dict = field(default_factory=dict)
     evaluations: int = 0
     seconds: float = 0.0
+    compensated: bool = False  # curves measured with local reconstruction (reconstruct.Compensator)
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -187,8 +288,11 @@ def measure_sensitivity(
     ratios=RATIOS,
     metric: str | None = None,
     progress=None,
+    restrict: bool = True,
 ) -> Sensitivity:
-    """Prune each prunable group alone at each ratio (lowest-scoring channels first)."""
+    """Prune each prunable group alone at each ratio (lowest-scoring channels first). With
+    ``restrict`` each group's evaluations run only the part of the graph the group changes
+    (``MaskedEvaluator.focus_on``)."""
     start = time.perf_counter()
     metric = metric or evaluator.default_metric
     order = ranked(scores)
@@ -197,20 +301,24 @@ def measure_sensitivity(
     for gid, s in scores.items():
         n = len(s)
         curve, rows = [], []
-        for r in ratios:
-            k = max(1, n - int(np.floor(r * n + 1e-9)))
-            keep = analysis.keep_vector({gid: np.sort(order[gid][:k])})
+        keeps = [analysis.keep_vector({gid: np.sort(order[gid][: max(1, n - int(np.floor(r * n + 1e-9)))])})
+                 for r in ratios]
+        if restrict:
+            evaluator.focus_on(keeps)
+        for keep in keeps:
             m = evaluator.evaluate(keep)
             curve.append(evaluator.damage(m, metric))
             rows.append(m)
             done += 1
             if progress:
                 progress(done, total)
+        evaluator.unfocus()
         curves[gid], details[gid] = curve, rows
     return Sensitivity(
         analysis.model.fingerprint, list(ratios), metric, criterion, curves,
         {gid: group_key(analysis, gid) for gid in scores}, {gid: analysis.groups[gid].name for gid in scores},
         details, evaluator.base, evaluator.evaluations, round(time.perf_counter() - start, 3),
+        evaluator.compensator is not None,
     )
 
 

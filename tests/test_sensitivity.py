@@ -114,3 +114,79 @@ def test_global_ranking_meets_target_and_limits(setup):
         assert len(kept) >= analysis.groups[gid].size - int(0.7 * analysis.groups[gid].size)
     with pytest.raises(TargetError):
         allocate_global(analysis, cost, scores, Target("flops", 0.95), Limits(max_ratio=0.5))
+
+
+# --- curves measured after local reconstruction ---------------------------------------------------
+@pytest.mark.parametrize("model", ["classifier", "flatten-gemm", "gemm-no-bias"])
+def test_compensated_evaluator_equals_locally_reconstructed_model(model):
+    """With a Compensator, the masked session computes exactly what rewrite + local
+    reconstruction (on the same calibration batches) computes, including through Flatten into a
+    Gemm and for a consumer that had no bias (the evaluator gives it a zero one)."""
+    from onnxprune.reconstruct import Compensator, reconstruct
+
+    if model == "classifier":
+        proto, shape = classifier(), (8, 3, 12, 12)
+    else:
+        g = G(1)
+        y = g.cbr("x", 3, 6)
+        flat = g.op("Flatten", [y], axis=1)
+        bias = [] if model == "gemm-no-bias" else [g.w(5)]
+        proto, shape = g.model(g.op("Gemm", [flat, g.w(5, 6 * 8 * 8), *bias], transB=1), in_shape=(1, 3, 8, 8)), (8, 3, 8, 8)
+    analysis = analyse(load_model(proto))
+    rng = np.random.default_rng(4)
+    calib = [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
+    evaluate = [{"x": rng.standard_normal(shape).astype(np.float32)}]
+    comp = Compensator(analysis, calib, max_positions=10**6)
+    ev = MaskedEvaluator(analysis, evaluate, compensator=comp)
+    for trial in range(3):
+        kept = {g.id: np.sort(rng.choice(g.size, g.size // 2, replace=False)) for g in analysis.prunable_groups}
+        keep = analysis.keep_vector(kept)
+        plain = rewrite(analysis, keep)
+        local, report = reconstruct(analysis, keep, plain, calib, mode="local", max_positions=10**6)
+        assert report.fitted, "the check needs at least one fitted consumer"
+        want, got = run(local, evaluate[0])[0], ev.outputs(keep)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        assert np.abs(run(plain, evaluate[0])[0] - want).max() > 10 * np.abs(got - want).max()
+    assert ev.evaluate(analysis.full_keep())["error"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_compensated_curves_are_lower_and_recorded(setup, tmp_path):
+    """Reconstruction repairs damage, so the compensated curves lie below the plain ones on
+    average; the saved analysis says how its curves were measured."""
+    from onnxprune.reconstruct import Compensator
+
+    analysis, batches = setup
+    scores = score_groups(analysis, "l1")
+    plain = measure_sensitivity(analysis, MaskedEvaluator(analysis, batches), scores, "l1", metric="error")
+    comp = Compensator(analysis, batches)
+    fixed = measure_sensitivity(analysis, MaskedEvaluator(analysis, batches, compensator=comp), scores, "l1", metric="error")
+    assert fixed.compensated and not plain.compensated
+    a, b = np.array(list(fixed.curves.values())), np.array(list(plain.curves.values()))
+    assert a.mean() < 0.8 * b.mean() and (a <= b + 1e-6).mean() > 0.8
+    assert Sensitivity.from_json(fixed.to_json()).compensated
+
+
+@pytest.mark.parametrize("compensated", [False, True])
+def test_restricted_evaluation_equals_whole_model(setup, compensated):
+    """Running only what a group changes (cached prefix activations) gives the same curves as
+    running the whole model, and really runs fewer nodes for the groups after the first."""
+    from onnxprune.reconstruct import Compensator
+
+    analysis, batches = setup
+    scores = score_groups(analysis, "l1")
+    comp = Compensator(analysis, batches) if compensated else None
+    full = measure_sensitivity(analysis, MaskedEvaluator(analysis, batches, compensator=comp), scores, "l1",
+                               metric="error", restrict=False)
+    ev = MaskedEvaluator(analysis, batches, compensator=comp)
+    fast = measure_sensitivity(analysis, ev, scores, "l1", metric="error")
+    for gid in scores:
+        np.testing.assert_allclose(fast.curves[gid], full.curves[gid], rtol=1e-4, atol=1e-7)
+    sizes = []
+    for g in analysis.prunable_groups:
+        keep = analysis.keep_vector({g.id: np.arange(g.size // 2)})
+        if ev.focus_on([keep]):
+            sizes.append(len(ev.focus.sess.get_inputs()))
+            want = np.concatenate(MaskedEvaluator(analysis, batches, compensator=comp).outputs(keep))
+            np.testing.assert_allclose(np.concatenate(ev.outputs(keep)), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+        ev.unfocus()
+    assert sizes, "no group got a restricted evaluation"
