@@ -37,6 +37,29 @@ def output_path(model: str, output: str | None, suffix: str, force: bool) -> Pat
     return out
 
 
+def same_path(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name the same file (an existing one by identity, links included)."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def side_output(path: str, option: str, others: list[tuple[str, Path]], force: bool) -> Path:
+    """An extra output of a command (``--plan``, ``--report``), checked before any work: it is
+    none of the run's other files (``others``: (what it is, path)), an existing file is replaced
+    only with ``--force``, and its directory exists and is writable."""
+    from onnxprune.report import check_writable
+
+    out = Path(path)
+    for what, other in others:
+        if same_path(out, Path(other)):
+            raise OnnxPruneError(f"{option} {out} is {what}; choose another path")
+    if out.is_file() and not force:
+        raise OnnxPruneError(f"{out} exists; pass --force to overwrite it")
+    check_writable(out)
+    return out
+
+
 input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME:D0,D1,...",
     help="Concrete shape for an input with symbolic dimensions (repeatable). A symbolic batch defaults to 1.",

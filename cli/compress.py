@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import Progress, data_options, input_shape_option, output_path, parse_input_shapes
+from .common import Progress, data_options, input_shape_option, output_path, parse_input_shapes, side_output
 from .finetune import EpochPrinter, tune_options, tune_settings
 
 EXAMPLES_COMPRESS = """
@@ -18,6 +18,7 @@ Examples:
   onnxprune compress model.onnx --flops 0.5 --data calib.npz --allocation sensitivity --eval-data val.npz
   onnxprune compress model.onnx --params 0.5 --round-to 8 -o small.onnx --json
   onnxprune compress model.onnx --flops 0.3 --input-shape input:1,3,320,320
+  onnxprune compress model.onnx --flops 0.5 --data calib.npz --report model.report.html
 """
 
 CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]
@@ -46,7 +47,8 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--finetune", "finetune_data", type=click.Path(),
               help="Fine-tune the pruned model on this data (needs the [torch] extra), distilling from MODEL.")
 @tune_options
-@click.option("--report", "report_path", type=click.Path(), help="Also write a report (.html, .json or .txt by extension).")
+@click.option("--report", "report_path", type=click.Path(),
+              help="Also write the report of this run (.html, .json or .txt by extension); checked before compressing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, nothing printed on success.")
@@ -58,13 +60,29 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
     from onnxprune.errors import OnnxPruneError
     from onnxprune.graph import write_bytes_atomic
+    from onnxprune.report import build_report, check_writable, format_of, render, write_text_atomic
     from onnxprune.sensitivity import Sensitivity
 
     if (flops is None) == (params is None):
         raise click.UsageError("give exactly one of --flops or --params")
     target = Target("flops", flops) if flops is not None else Target("params", params)
+    # Every output path is checked before the (slow) compression.
     out = output_path(model, output, ".pruned.onnx", force)
-    plan_out = Path(plan_path) if plan_path else out.with_suffix(".plan.json")
+    check_writable(out)
+    plan_out = side_output(plan_path or out.with_suffix(".plan.json"), "--plan",
+                           [("the input model", Path(model)), ("the pruned model's path", out)], force=True)
+    report_out, report_fmt = None, None
+    if report_path:
+        report_out = side_output(report_path, "--report", [("the input model", Path(model)),
+                                 ("the pruned model's path", out), ("the plan's path", plan_out)], force)
+        try:
+            report_fmt = format_of(report_out)
+        except OnnxPruneError as exc:
+            raise click.BadParameter(f"{exc}", param_hint="--report") from exc
+        if report_fmt == "html":
+            from onnxprune.report_html import require_matplotlib
+
+            require_matplotlib()
     sens = None
     if sensitivity_path:
         try:
@@ -90,13 +108,14 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
                                settings=settings_t, progress=EpochPrinter(quiet or as_json))
         result.model = tuned.model
         summary["finetune"] = {"best_epoch": tuned.best_epoch, "history": tuned.history}
+    report_text = None
+    if report_out is not None:  # built before anything is saved: a failing report leaves no model without one
+        report_text = render(build_report(model, result=result), report_fmt)
+        summary["report"] = str(report_out)
     save_model(result.model, out)
     write_bytes_atomic(plan_out, result.plan.to_json().encode())
-    if report_path:
-        from onnxprune.report import write_report
-
-        write_report(report_path, model, plan=result.plan, result=result)
-        summary["report"] = str(report_path)
+    if report_text is not None:
+        write_text_atomic(report_out, report_text)
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     elif not quiet:

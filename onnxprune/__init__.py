@@ -1,8 +1,9 @@
 """onnxprune: structured channel pruning of ONNX CNNs, ONNX in, ONNX out.
 
-    from onnxprune import compress, Settings, Target, save_model
+    from onnxprune import compress, Settings, Target, save_model, write_report
     result = compress("model.onnx", Settings(target=Target("flops", 0.3)))
     save_model(result.model, "model.pruned.onnx")
+    write_report("model.report.html", "model.onnx", result=result)   # or build_report(...) -> Report
 
 The public names are imported on first use (PEP 562), so ``import onnxprune`` and the CLI's
 start-up stay fast and numpy/onnx load only when something needs them.
@@ -23,6 +24,7 @@ _EXPORTS = {
     "Result": "pipeline", "Settings": "pipeline", "apply_plan": "pipeline", "compress": "pipeline",
     "inspect_model": "pipeline", "measured_cost": "pipeline", "sensitivity_analysis": "pipeline",
     "Plan": "plan",
+    "Report": "report", "ReportSettings": "report", "build_report": "report", "write_report": "report",
     "verify": "rewrite",
 }
 # ``rewrite`` (the function) is not exported here: the submodule onnxprune.rewrite has the same

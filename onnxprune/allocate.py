@@ -10,6 +10,7 @@ smallest ratio whose pruned network removes at least the target fraction.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,25 +124,44 @@ def bisect(at, lo: float, hi: float, base: Cost, target: Target, unreachable, st
 
 
 def unreachable_message(analysis: Analysis, cost: CostModel, target: Target, reachable: float, limits: Limits) -> str:
-    blockers = main_blockers(analysis, cost)
-    text = "; ".join(f"{reason} ({share:.0%} of MACs)" for reason, share in blockers[:3]) or "no prunable channel group"
+    blockers = [(reason, share) for reason, share in main_blockers(analysis, cost) if share > 0]
+    if blockers:
+        text = "main blockers: " + "; ".join(f"{reason} ({share:.0%} of MACs)" for reason, share in blockers[:3])
+    elif not analysis.prunable_groups:
+        text = "no prunable channel group"
+    else:
+        text = "no blocked channel pins MACs, the per-group limits (--max-ratio, --min-channels, --round-to) stop the rest"
     return (
         f"cannot remove {target.fraction:.0%} of {target.kind.upper() if target.kind == 'flops' else 'parameters'}: "
-        f"at most {reachable:.1%} is reachable with --max-ratio {limits.max_ratio:g}; main blockers: {text}"
+        f"at most {reachable:.1%} is reachable with --max-ratio {limits.max_ratio:g}; {text}"
     )
 
 
 def main_blockers(analysis: Analysis, cost: CostModel) -> list[tuple[str, float]]:
-    """Blocking reasons ranked by the MACs of the weighted layers whose channels they pin."""
+    """Blocking reasons ranked by the share of the model's MACs they pin (largest first).
+
+    A MAC term of the cost model is ``coef * size(d1) * ... * size(dk)`` over the pruned axes of a
+    weight (output and input channels). The MACs that connect channels of groups g1..gk (one per
+    axis) go as soon as any of those channels goes, so they are *pinned* only when no gi is
+    prunable: a conv whose output channels are prunable pins nothing, whatever blocks its input
+    channels. Pinned MACs are credited to the (first) reason of every blocked gi, i.e. to each
+    reason whose lifting alone would make them reducible, so shares may add up to more than 1.
+    Every reason that blocks a group is listed, with 0 when it pins no MACs.
+    """
     total = cost.evaluate(analysis.full_keep()).macs or 1
-    per_node = cost.per_node(analysis.full_keep())
-    by_reason: dict[str, set[int]] = {}
+    members: dict[int, list] = {}  # dim id -> [(group, atoms of the dim in the group)] of unprunable groups
+    pinned: dict[str, float] = {}
     for g in analysis.groups:
-        if not g.blocked:
-            continue
-        nodes = {analysis.dims[d].node for d in g.dims if analysis.dims[d].node is not None}
-        by_reason.setdefault(g.blocked[0], set()).update(nodes)
-    ranked_reasons = [
-        (reason, sum(per_node[n].macs for n in nodes if n in per_node) / total) for reason, nodes in by_reason.items()
-    ]
-    return sorted(ranked_reasons, key=lambda x: -x[1])
+        if g.blocked:
+            pinned.setdefault(g.blocked[0], 0.0)
+        if not g.prunable:
+            for did, local in g.atom_index.items():
+                members.setdefault(did, []).append((g, len(local)))
+    terms = cost.mac_terms
+    for coef, row in zip(terms.coef, terms.dims):
+        axes = [members.get(int(d), []) for d in row if d >= 0]
+        for combo in itertools.product(*axes):
+            macs = float(coef) * float(np.prod([n for _, n in combo]))
+            for reason in {g.blocked[0] for g, _ in combo if g.blocked}:
+                pinned[reason] += macs
+    return sorted(((reason, macs / total) for reason, macs in pinned.items()), key=lambda x: -x[1])

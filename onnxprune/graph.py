@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,13 +287,20 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it: those of the file it
+    replaces, else ``0o666`` less the umask (``mkstemp`` alone would leave it private, 0600).
+    """
     path = Path(path)
+    mode = file_mode(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent or "."))
     except OSError as exc:
         raise ModelError(f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
+            _chmod(f.fileno(), tmp, mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -303,14 +311,47 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def file_mode(path: Path) -> int:
+    """Permission bits for a file written at ``path``: the existing file's, else 0o666 & ~umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS tells it (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _chmod(fd: int, path: str, mode: int) -> None:
+    if os.chmod in os.supports_fd:
+        os.chmod(fd, mode)
+    else:  # Windows: only the read-only bit exists
+        os.chmod(path, mode)
+
+
 def _save_external(proto: onnx.ModelProto, path: Path) -> None:
     data_name = path.name + ".data"
+    mode = file_mode(path)
     with tempfile.TemporaryDirectory(dir=str(path.parent)) as tmpdir:
         tmp_model = Path(tmpdir) / path.name
         onnx.save_model(
             copy.deepcopy(proto), str(tmp_model), save_as_external_data=True,
             all_tensors_to_one_file=True, location=data_name, size_threshold=1024,
         )
+        for written in (tmp_model, Path(tmpdir) / data_name):
+            if written.exists():
+                os.chmod(written, mode)
         os.replace(Path(tmpdir) / data_name, path.parent / data_name)
         os.replace(tmp_model, path)
 

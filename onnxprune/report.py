@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,9 +37,10 @@ from .cost import Cost
 from .criteria import CRITERIA, score_groups
 from .errors import OnnxPruneError, PlanError, require_onnxruntime
 from .graph import Model, load_model, write_bytes_atomic
-from .pipeline import Result, inspect_model, prepare
+from .pipeline import Result, inspect_model, load_inputs, prepare
 from .plan import Plan, plan_keep
 from .rewrite import random_inputs, rewrite
+from .scoring import DATA_CRITERIA, collect, data_scores
 
 SCHEMA = "onnxprune.report/1"
 FORMATS = {".html": "html", ".htm": "html", ".json": "json", ".txt": "text"}
@@ -48,7 +50,8 @@ FORMATS = {".html": "html", ".htm": "html", ".json": "json", ".txt": "text"}
 class ReportSettings:
     """How the optional sections are measured.
 
-    ``latency_runs=0`` skips the latency measurement. ``low_score`` defines a low-scoring channel
+    ``latency_runs=0`` skips the latency measurement; ``calibration_images`` caps the samples
+    of calibration data scored (0: all). ``low_score`` defines a low-scoring channel
     as one scoring below that share of its group's median; ``damage_tolerance`` is the damage a
     sensitivity curve may reach at the recommended ratio (in the curve's metric).
     """
@@ -60,6 +63,7 @@ class ReportSettings:
     max_ratio: float = 0.8
     damage_tolerance: float = 0.01
     bins: int = 10
+    calibration_images: int = 512
 
 
 @dataclass
@@ -95,6 +99,8 @@ def build_report(
     criterion: str | None = None,
     sensitivity=None,
     settings: ReportSettings | None = None,
+    result: Result | None = None,
+    data=None,
 ) -> Report:
     """Inspect ``source`` (path, ModelProto or Model) and add the sections whose inputs are given.
 
@@ -102,11 +108,35 @@ def build_report(
     ``pruned`` (the model ``compress`` returned) is used as is. ``scores`` maps group ids to per-channel
     scores, higher = more important (without them, a data-free ``criterion`` such as "l1" is
     computed from the weights); ``sensitivity`` is a ``Sensitivity`` or its JSON dict.
+
+    With ``result`` (what ``compress`` returned) the report reuses the model compress loaded
+    (``source`` is then only a label), compares it with ``result.model`` and takes ``result.plan``
+    and the scores and sensitivity curves the run computed, unless given explicitly.
+
+    ``data`` (calibration data, anything ``onnxprune.data.load_data`` reads) scores the channels
+    on feature maps: ``criterion`` ``hrank`` (the default with data), ``apoz`` or
+    ``mean_activation``, on the first ``settings.calibration_images`` samples.
     """
     settings = settings or ReportSettings()
+    calibration = None  # images and provider of the pass that computed the scores, if one did
+    if result is not None:  # the model compress loaded: no second (slow) load
+        source = result.analysis.model
+        plan = plan or result.plan
+        pruned = pruned if pruned is not None else result.model
+        if scores is None and getattr(result, "scores", None) is not None:
+            scores, criterion = result.scores, criterion or result.summary.get("criterion")
+            run = result.summary.get("calibration")
+            calibration = {"images": run["images"], "provider": run["provider"]} if run else None
+        if sensitivity is None and getattr(result, "sensitivity", None) is not None:
+            sensitivity = result.sensitivity
     if input_shapes is None and plan is not None and plan.settings.get("input_shapes"):
         input_shapes = {k: tuple(v) for k, v in plan.settings["input_shapes"].items()}
-    model = source if isinstance(source, Model) else load_model(source, input_shapes)  # loaded once: the slow part
+    dataset = None
+    if data is not None:  # the data's shapes fix symbolic input dims
+        model, dataset, _ = load_inputs(source, input_shapes, data)
+        criterion = criterion or "hrank"
+    else:
+        model = source if isinstance(source, Model) else load_model(source, input_shapes)  # loaded once: the slow part
     inspection = inspect_model(model)
     report = Report(**{f.name: inspection[f.name] for f in fields(Report) if f.name in inspection})
     report.settings = asdict(settings)
@@ -117,14 +147,18 @@ def build_report(
     if plan is not None and pruned is None:
         pruned = pruned_structure(model, plan)
     if pruned is not None:
-        report.plan = compare(report, plan, pruned, model.input_shapes)
+        report.plan = compare(report, plan, pruned, model.input_shapes, original=model)
         if settings.latency_runs > 0:
             report.latency = measure_latency(model.proto, pruned, model.input_shapes, settings)
             report.latency.update(_predicted_latency(report))
     if scores is None and criterion is not None:
-        scores = data_free_scores(model, criterion)
+        if criterion in DATA_CRITERIA:
+            scores, calibration = calibrated_scores(model, dataset, criterion, settings)
+        else:
+            scores = data_free_scores(model, criterion)
     if scores:
         report.scores = summarise_scores(report, scores, criterion, settings)
+        report.scores["calibration"] = calibration
     if sensitivity is not None:
         report.sensitivity = summarise_sensitivity(report, sensitivity, settings)
     return report
@@ -143,17 +177,37 @@ def pruned_structure(model: Model, plan: Plan) -> onnx.ModelProto:
 def data_free_scores(model: Model, criterion: str) -> dict[int, np.ndarray]:
     """Scores of every prunable group from the weights alone (``criterion`` in ``CRITERIA``)."""
     if criterion not in CRITERIA:
-        raise OnnxPruneError(f"criterion {criterion!r} needs calibration data; data-free ones: {', '.join(sorted(CRITERIA))}")
+        raise OnnxPruneError(f"unknown criterion {criterion!r}; data-free: {', '.join(sorted(CRITERIA))}; "
+                             f"with calibration data: {', '.join(DATA_CRITERIA)}")
     return score_groups(analyse(model), criterion)
 
 
-def compare(report: Report, plan: Plan | None, pruned: onnx.ModelProto, shapes) -> dict:
+def calibrated_scores(model: Model, dataset, criterion: str, settings: ReportSettings) -> tuple[dict, dict]:
+    """Scores from one onnxruntime pass over the data (``criterion`` in ``DATA_CRITERIA``), where
+    the criteria observe each group (``groups[].output``), and what the pass used."""
+    if dataset is None:
+        raise OnnxPruneError(f"criterion {criterion} scores feature maps: give calibration data")
+    if criterion == "recon":
+        raise OnnxPruneError("criterion recon is a removal order, not a score distribution: use hrank, apoz or mean_activation")
+    if settings.calibration_images and (dataset.num_samples is None or dataset.num_samples > settings.calibration_images):
+        dataset = dataset.take(settings.calibration_images)
+    analysis = analyse(model)
+    stats = collect(analysis, dataset, [criterion])
+    scores = data_scores(analysis, criterion, stats)
+    return scores, {"images": stats.num_images, "provider": stats.provider}
+
+
+def compare(report: Report, plan: Plan | None, pruned: onnx.ModelProto, shapes, original: Model | None = None) -> dict:
     """Fill each layer's ``after`` from the pruned model and return the plan section.
 
     The after-costs are *measured*: the pruned model is analysed afresh, so a mismatch with the
-    plan's prediction (invariant 4) shows up as ``prediction_matches: false``.
+    plan's prediction (invariant 4) shows up as ``prediction_matches: false``. Parameters in
+    initializers that ``original`` does not have (the biases reconstruction gives a compensated
+    layer that had none) are counted in ``params_added``; the prediction, made for the channel
+    structure, is compared without them.
     """
     model, analysis, cost = prepare(pruned, shapes)
+    added = _added_params(model, original) if original is not None else 0
     keep = analysis.full_keep()
     per_node, total = cost.per_node(keep), cost.evaluate(keep)
     nodes = model.graph.nodes
@@ -173,7 +227,7 @@ def compare(report: Report, plan: Plan | None, pruned: onnx.ModelProto, shapes) 
     predicted = dict(plan.predicted) if plan is not None else {}
     matches = None
     if "macs_after" in predicted:
-        matches = predicted["macs_after"] == total.macs and predicted.get("params_after") == total.params
+        matches = predicted["macs_after"] == total.macs and predicted.get("params_after") == total.params - added
     return {
         "fingerprint": plan.fingerprint if plan is not None else None,
         "settings": dict(plan.settings) if plan is not None else {},
@@ -183,9 +237,27 @@ def compare(report: Report, plan: Plan | None, pruned: onnx.ModelProto, shapes) 
         "params_reduction": round(1 - total.params / report.params, 6) if report.params else 0.0,
         "predicted": predicted,
         "prediction_matches": matches,
+        "params_added": added,
         "groups_pruned": sum(1 for g in report.groups if g["kept"] < g["size"]),
         "channels_removed": sum(g["size"] - g["kept"] for g in report.groups),
     }
+
+
+def _added_params(pruned: Model, original: Model) -> int:
+    """Parameters (as the cost model counts them) in initializers the original model lacks."""
+    import onnx_graphsurgeon as gs
+
+    from .cost import _is_float
+
+    known = set(original.tensors)
+    seen: set[str] = set()
+    added = 0
+    for node in pruned.graph.nodes:
+        for t in node.inputs:
+            if isinstance(t, gs.Constant) and t.name not in seen and t.name not in known and _is_float(t) and len(t.shape) > 0:
+                seen.add(t.name)
+                added += int(np.prod(t.shape))
+    return added
 
 
 def measure_latency(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes, settings: ReportSettings) -> dict:
@@ -342,7 +414,7 @@ def _text_summary(r: Report) -> str:
         f"model    {m['path'] or '(in memory)'}  opset {m['opset']}  IR {m['ir_version']}  {m['nodes']} nodes"
         f"  producer {m['producer'] or '?'}",
         "inputs   " + ", ".join(f"{k} {v}" for k, v in m["inputs"].items()) + f"   outputs {', '.join(m['outputs'])}",
-        f"MACs     {r.macs:,}   params {r.params:,}   prunable MACs {r.prunable_macs_share:.1%}",
+        f"MACs     {r.macs:,}   params {r.params:,}   prunable MACs {percent(r.prunable_macs_share)}",
     ])
 
 
@@ -378,7 +450,11 @@ def _text_groups(r: Report) -> str:
 def _text_blockers(r: Report) -> str:
     if not r.blockers:
         return "blockers: none"
-    return "\n".join(["blockers by share of MACs they pin:"] + [f"  {b['macs_share']:6.1%}  {b['reason']}" for b in r.blockers])
+    lines = ["blockers by share of MACs they pin (MACs no prunable group can remove):"]
+    lines += [f"  {b['macs_share']:6.1%}  {b['reason']}" for b in r.blockers]
+    if not any(b["macs_share"] > 0 for b in r.blockers):
+        lines.append("  (none pins MACs: every weighted layer can shrink on its output or input side)")
+    return "\n".join(lines)
 
 
 def _text_plan(r: Report) -> str:
@@ -389,7 +465,8 @@ def _text_plan(r: Report) -> str:
         f"  MACs     {r.macs:>15,} -> {p['macs_after']:>15,}  (-{p['flops_reduction']:.1%})",
         f"  params   {r.params:>15,} -> {p['params_after']:>15,}  (-{p['params_reduction']:.1%})",
         f"  groups   {p['groups_pruned']} pruned, {p['channels_removed']} channels removed; {match[p['prediction_matches']]}",
-    ])
+    ] + ([f"  params   {p['params_added']:,} of them added by reconstruction (biases of compensated layers)"]
+         if p.get("params_added") else []))
 
 
 def _text_latency(lat: dict) -> str:
@@ -424,6 +501,15 @@ def _text_sensitivity(s: dict) -> str:
         lines.append(f"{g['id']:>5} {g['safe_ratio']:>6.2f}  " + " ".join(f"{d:>7.3g}" for d in g["damage"])
                      + f"  {_short(g['name'], 40)}")
     return "\n".join(lines)
+
+
+def percent(share: float) -> str:
+    """A share as a percentage that never rounds a partial share to 100% or 0%."""
+    if 0.9995 <= share < 1:
+        return ">99.9%"
+    if 0 < share < 0.0005:
+        return "<0.1%"
+    return f"{share:.1%}"
 
 
 def _short(text: str, width: int) -> str:
@@ -461,10 +547,9 @@ def write_report(
 ) -> Report:
     """Build the report of ``model_source`` and write it atomically to ``path``.
 
-    The format comes from ``fmt`` or the extension (.html, .json, .txt). With ``result`` (what
-    ``compress`` returned) the report reuses the model compress loaded, compares it with
-    ``result.model`` and shows ``result.plan``; ``options`` go to :func:`build_report`
-    (``scores``, ``criterion``, ``sensitivity``, ``settings``).
+    The format comes from ``fmt`` or the extension (.html, .json, .txt). ``result`` (what
+    ``compress`` returned) and ``options`` go to :func:`build_report` (``scores``, ``criterion``,
+    ``sensitivity``, ``settings``, ...). The path is checked before the (slow) report is built.
 
         result = compress("m.onnx", settings)
         write_report("m.report.html", "m.onnx", result=result)
@@ -472,22 +557,17 @@ def write_report(
     path = Path(path)
     fmt = fmt or format_of(path)
     check_writable(path)
-    if result is not None:  # the model compress loaded: no second (slow) load
-        model_source = result.analysis.model
-        plan = plan or result.plan
-        options.setdefault("pruned", result.model)
-        if getattr(result, "scores", None) is not None:
-            options.setdefault("scores", result.scores)
-            options.setdefault("criterion", result.summary.get("criterion"))
-        if getattr(result, "sensitivity", None) is not None:
-            options.setdefault("sensitivity", result.sensitivity)
-    report = build_report(model_source, plan=plan, **options)
+    report = build_report(model_source, plan=plan, result=result, **options)
     write_text_atomic(path, render(report, fmt))
     return report
 
 
-def check_writable(path: Path) -> None:
-    """Fail before the (slow) report is built if ``path`` cannot be a file."""
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail before the (slow) report is built if ``path`` cannot be a file: it is a directory,
+    its directory does not exist or is not one, or no file can be created in it (checked by
+    creating and removing an empty temporary file there, which also catches read-only mounts
+    and a root user on a filesystem that refuses new files)."""
+    path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise OnnxPruneError(f"cannot write {path}: it is a directory")
@@ -495,6 +575,14 @@ def check_writable(path: Path) -> None:
         raise OnnxPruneError(f"cannot write {path}: {parent} is not a directory")
     if not parent.is_dir():
         raise OnnxPruneError(f"cannot write {path}: directory {parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=str(parent))
+    except OSError as exc:
+        raise OnnxPruneError(f"cannot write {path}: cannot create a file in {parent} ({exc.strerror or exc})") from exc
+    try:
+        os.close(fd)
+    finally:
+        os.unlink(probe)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

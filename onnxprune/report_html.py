@@ -15,7 +15,7 @@ import io
 from html import escape
 
 from .errors import DependencyError
-from .report import Report, layer_status
+from .report import Report, layer_status, percent
 
 COLOURS = {"prunable": "#2f6fbf", "blocked": "#d9822b", "other": "#9aa4ae"}
 
@@ -44,7 +44,8 @@ tbody tr:nth-child(even) td{background:#fafbfc}
 table.kv{width:auto} table.kv th{position:static;background:none;color:var(--muted);font-weight:normal;padding-right:24px}
 .scroll{max-height:640px;overflow:auto;border:1px solid var(--line);border-radius:6px}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;overflow-wrap:anywhere}
-.layers code,code.nw{white-space:nowrap} .layers td:last-child{min-width:220px}
+.nw{white-space:nowrap} .layers td:last-child{min-width:150px} .after{color:var(--accent)}
+.small{font-size:11px} .note{background:#fff8c5;border:1px solid #eed888;border-radius:6px;padding:6px 10px;font-size:13px}
 .blockers td:first-child{width:230px;white-space:nowrap}
 .badge{display:inline-block;padding:0 7px;border-radius:10px;font-size:11px;font-weight:600;white-space:nowrap}
 .ok{background:#dafbe1;color:var(--ok)} .bad{background:#fff1e5;color:var(--bad)} .na{background:var(--alt);color:var(--muted)}
@@ -61,7 +62,7 @@ footer{margin-top:40px;color:var(--muted);font-size:12px}
 
 def render_html(report: Report) -> str:
     """The whole page as one string (UTF-8, no external resources)."""
-    _require_matplotlib()
+    require_matplotlib()
     sections = [
         ("summary", "Summary", _summary(report)),
         ("plan", "Plan: before and after", _plan(report) if report.plan else None),
@@ -98,7 +99,7 @@ def _summary(r: Report) -> str:
     cards = [
         ("MACs", _si(r.macs), f"{r.macs:,}"),
         ("Parameters", _si(r.params), f"{r.params:,}"),
-        ("Prunable MACs", f"{r.prunable_macs_share:.1%}", "in layers whose outputs can be pruned"),
+        ("Prunable MACs", escape(percent(r.prunable_macs_share)), "in layers whose outputs can be pruned"),
         ("Channel groups", f"{prunable} / {len(r.groups)}", "prunable / total"),
     ]
     if r.plan:
@@ -134,9 +135,12 @@ def _plan(r: Report) -> str:
         numeric={1, 2, 3, 4},
     )
     settings = p["settings"]
-    desc = ", ".join(f"{k} {escape(str(v))}" for k, v in settings.items() if k in ("criterion", "allocation", "seed"))
+    desc = ", ".join(f"{k} {escape(str(v))}" for k, v in settings.items()
+                     if k in ("criterion", "allocation", "reconstruct", "seed"))
+    added = (f'<p class="muted">The measured parameters include {p["params_added"]:,} that the plan does not predict: '
+             "biases the reconstruction added to compensated layers that had none.</p>") if p.get("params_added") else ""
     html = (f"<p>{p['groups_pruned']} groups pruned, {p['channels_removed']:,} channels removed. {match}</p>"
-            + (f'<p class="muted">plan settings: {desc}</p>' if desc else "") + table)
+            + (f'<p class="muted">plan settings: {desc}</p>' if desc else "") + table + added)
     return html + (_latency(r) if r.latency else '<p class="muted">Latency not measured.</p>')
 
 
@@ -148,6 +152,10 @@ def _latency(r: Report) -> str:
         rows.append(["pruned, predicted from MACs", f"{lat['predicted_after_ms']:.3f}", "&ndash;", "&ndash;"])
     speed = (f"<p>Speed-up: <b>{lat['speedup']:.2f}&times;</b> measured, {lat['predicted_speedup']:.2f}&times; "
              "predicted if latency were proportional to MACs.</p>") if lat.get("predicted_speedup") else ""
+    if lat.get("speedup") is not None and lat["speedup"] < 1.05:
+        speed += ('<p class="note">The pruned model is not measurably faster. On a model this small the time goes to '
+                  "per-operator overhead rather than MACs, and CPU convolution kernels are fastest with channel counts that "
+                  "are multiples of 8 or 16: try <code>--round-to 8</code>, a larger batch, or the target device.</p>")
     return (f"<h3>Latency</h3><p class=\"muted\">onnxruntime {escape(lat['provider'])}, batch {lat['batch']}, "
             f"{lat['threads']} thread(s), median of {lat['runs']} interleaved runs after {lat['warmup_runs']} warm-up runs.</p>"
             + _table(["model", "median ms", "p10 ms", "p90 ms"], rows, numeric={1, 2, 3}) + speed)
@@ -157,21 +165,27 @@ def _plots(r: Report) -> str:
     if not r.layers:
         return '<p class="muted">No layer with MACs or parameters.</p>'
     after = " Light bars: before pruning; dark bars: after." if r.plan else ""
-    return (_figure(_per_layer_figure(r, "macs", "MACs"), f"MACs per layer, coloured by whether its output channels can be pruned.{after}")
-            + _figure(_per_layer_figure(r, "params", "parameters"), f"Parameters per layer.{after}"))
+    return (_figure(_per_layer_figure(r, "macs", "MACs"),
+                    f"MACs per layer with MACs, coloured by whether its output channels can be pruned.{after}")
+            + _figure(_per_layer_figure(r, "params", "parameters"), f"Parameters per layer with parameters.{after}"))
 
 
 def _layers(r: Report) -> str:
     after = r.plan is not None
-    head = ["#", "layer", "op", "output", "MACs", "params"] + (["MACs after", "params after", "output after"] if after else []) + ["group", "status"]
+    head = ["#", "layer", "op", "output" + (" &rarr; after" if after else ""), "MACs", "params"]
+    head += ["MACs after", "params after"] if after else []
     rows = []
     for l in r.layers:
-        row = [str(l["index"]), f"<code>{escape(l['name'])}</code>", escape(l["op"]), _shape(l["output_shape"]), _n(l["macs"]), _n(l["params"])]
+        shape = _shape(l["output_shape"])
+        a = l["after"] or {}
+        if after and a.get("output_shape") is not None and a["output_shape"] != l["output_shape"]:
+            shape += f'<br><span class="after">&rarr; {_shape(a["output_shape"])}</span>'
+        row = [str(l["index"]), _name(l["name"]), escape(l["op"]), f'<span class="nw">{shape}</span>', _n(l["macs"]), _n(l["params"])]
         if after:
-            a = l["after"] or {}
-            row += [_n(a.get("macs")), _n(a.get("params")), _shape(a.get("output_shape"))]
+            row += [_n(a.get("macs")), _n(a.get("params"))]
         row += [", ".join(map(str, l["out_groups"])) or "&ndash;", _status(l)]
         rows.append(row)
+    head += ["group", "status"]
     numeric = {0, 4, 5} | ({6, 7} if after else set())
     return f'<div class="scroll layers">{_table(head, rows, numeric)}</div>'
 
@@ -184,7 +198,7 @@ def _groups(r: Report) -> str:
         status = '<span class="badge ok">prunable</span>' if g["prunable"] else (
             '<span class="badge bad">blocked</span>' + "".join(f'<div class="reason">{escape(x)}</div>' for x in g["blocked"])
             if g["blocked"] else '<span class="badge na">single channel</span>')
-        row = [str(g["id"]), f"<code>{escape(g['name'])}</code>", str(g["size"])]
+        row = [str(g["id"]), _name(g["name"]), str(g["size"])]
         row += [str(g["kept"])] if kept else []
         row += [status, _code_list(g["producers"]), _code_list(g["consumers"]),
                 f"<details><summary>{len(g['dims'])} tensors</summary>{_code_list(g['dims'], limit=None)}</details>"]
@@ -197,18 +211,38 @@ def _blockers(r: Report) -> str:
         return "<p>Nothing is blocked.</p>"
     rows = [[f'<span class="bar"><span style="width:{min(b["macs_share"], 1) * 100:.1f}%"></span></span>{b["macs_share"]:.1%}',
              escape(b["reason"])] for b in r.blockers]
-    return ('<p class="muted">Each reason with the share of the model\'s MACs in the layers whose channels it pins.</p>'
-            + f'<div class="blockers">{_table(["MACs pinned", "reason"], rows)}</div>')
+    intro = ("Each reason that blocks a channel group, with the share of the model's MACs it pins: MACs of layers "
+             "whose output and input channels no prunable group can remove.")
+    if not any(b["macs_share"] > 0 for b in r.blockers):
+        intro += (" <b>None pins any MACs</b>: every weighted layer can shrink on its output or its input side; "
+                  "the blocked groups only fix the model's interface (its inputs and outputs).")
+    return f'<p class="muted">{intro}</p><div class="blockers">{_table(["MACs pinned", "reason"], rows)}</div>'
 
 
 def _scores(r: Report) -> str:
     s = r.scores
-    rows = [[str(g["id"]), f"<code>{escape(g['name'])}</code>", str(g["size"]), f"{g['min']:.4g}", f"{g['median']:.4g}",
-             f"{g['max']:.4g}", f"{g['low_share']:.1%}", f"{g['recommended_ratio']:.2f}"] for g in s["groups"]]
-    intro = (f"<p>Criterion <b>{escape(str(s['criterion'] or 'given'))}</b>. A channel is <i>low</i> when it scores below "
-             f"{s['low_score']:.0%} of its group's median; {s['low_share']:.1%} of the prunable channels are low. "
-             f"Removing only low channels suggests a per-group ratio (last column) and a uniform ratio of at most "
-             f"<b>{s['uniform_safe_ratio']:.2f}</b>. Measure it with the sensitivity analysis before relying on it.</p>")
+    calibration = s.get("calibration")
+    outputs = {g["id"]: g.get("output") or [] for g in r.groups}
+    rows = []
+    for g in s["groups"]:
+        name = _name(g["name"])
+        if calibration and outputs.get(g["id"]):
+            seen = outputs[g["id"]]
+            name += (f'<div class="muted small">on {_name(seen[0])}'
+                     + (f" +{len(seen) - 1} more" if len(seen) > 1 else "") + "</div>")
+        rows.append([str(g["id"]), name, str(g["size"]), f"{g['min']:.4g}", f"{g['median']:.4g}",
+                     f"{g['max']:.4g}", f"{g['low_share']:.1%}", f"{g['recommended_ratio']:.2f}"])
+    source = (f" from {calibration['images']:,} calibration images ({escape(calibration['provider'])}), measured on the "
+              "tensor where each group's channels leave their activation") if calibration else ""
+    if s["low_share"] > 0:
+        advice = (f"{s['low_share']:.1%} of the prunable channels are low. Removing only low channels suggests a per-group "
+                  f"ratio (last column) and a uniform ratio of at most <b>{s['uniform_safe_ratio']:.2f}</b>. Measure it with "
+                  "the sensitivity analysis before relying on it.")
+    else:
+        advice = ("<b>No channel is low</b>: the scores do not single out channels that are safe to remove, so they recommend "
+                  "no ratio; measure the damage of each ratio with the sensitivity analysis (<code>onnxprune sensitivity</code>).")
+    intro = (f"<p>Criterion <b>{escape(str(s['criterion'] or 'given'))}</b>{source}. A channel is <i>low</i> when it scores "
+             f"below {s['low_score']:.0%} of its group's median. {advice}</p>")
     return (intro + _figure(_scores_figure(s), "Channel scores divided by the group's median; the dashed line is the low-score threshold.")
             + f'<div class="scroll">{_table(["id", "group", "channels", "min", "median", "max", "low", "recommended ratio"], rows, numeric={0, 2, 3, 4, 5, 6, 7})}</div>')
 
@@ -225,7 +259,7 @@ def _sensitivity(r: Report) -> str:
 
 
 # --- plots -----------------------------------------------------------------------------------------
-def _require_matplotlib() -> None:
+def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -246,17 +280,18 @@ def _per_layer_figure(r: Report, key: str, label: str):
     from matplotlib.patches import Patch
     from matplotlib.ticker import EngFormatter
 
-    n = len(r.layers)
+    layers = [l for l in r.layers if l[key]] or r.layers  # a BatchNormalization has no MACs: no empty slot for it
+    n = len(layers)
     fig, ax = _axes(min(max(11.4, 2 + 0.16 * n), 16.0), 3.8)
     x = list(range(n))
-    kind = ["prunable" if l["prunable"] else "blocked" if l["blocked"] else "other" for l in r.layers]
+    kind = ["prunable" if l["prunable"] else "blocked" if l["blocked"] else "other" for l in layers]
     colours = [COLOURS[k] for k in kind]
-    before = [l[key] for l in r.layers]
+    before = [l[key] for l in layers]
     ax.bar(x, before, color=colours, alpha=0.35 if r.plan else 1.0, width=0.8)
     handles = [Patch(color=COLOURS[k], label=t) for k, t in
                (("prunable", "prunable"), ("blocked", "blocked"), ("other", "follows its input")) if k in kind]
     if r.plan:
-        ax.bar(x, [(l["after"] or {}).get(key, 0) for l in r.layers], color=colours, width=0.5)
+        ax.bar(x, [(l["after"] or {}).get(key, 0) for l in layers], color=colours, width=0.5)
         handles.append(Patch(facecolor="#dddddd", edgecolor="#999999", label="light: before, dark: after pruning"))
     # Above the axes, so that it never hides a bar.
     ax.legend(handles=handles, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(handles), frameon=False)
@@ -264,7 +299,7 @@ def _per_layer_figure(r: Report, key: str, label: str):
     ax.set_ylabel(label)
     ax.set_xlim(-0.6, n - 0.4)
     if n <= 48:
-        ax.set_xticks(x, [_short(l["name"], 18) for l in r.layers], rotation=90, fontsize=7)
+        ax.set_xticks(x, [_label(l["name"], l["op"]) for l in layers], rotation=90, fontsize=7)
     else:
         ax.set_xlabel("layer (position in the graph)")
     ax.spines[["top", "right"]].set_visible(False)
@@ -337,6 +372,26 @@ def _code_list(items: list[str], limit: int | None = 4) -> str:
     shown = items if limit is None else items[:limit]
     more = f' <span class="muted">+{len(items) - len(shown)} more</span>' if len(items) > len(shown) else ""
     return "<br>".join(f'<code class="nw">{escape(x)}</code>' for x in shown) + more
+
+
+def _name(text: str) -> str:
+    """A tensor or node name as code that may wrap after '/', '.', '+' or '_' (never mid-word)."""
+    out = escape(text)
+    for sep in ("/", "+"):
+        out = out.replace(sep, sep + "<wbr>")
+    return f"<code>{out}</code>"
+
+
+def _label(name: str, op: str, width: int = 22) -> str:
+    """A short axis label for a layer: '/stages/stages.1/stages.1.0/conv1/Conv' -> 'stages.1.0/conv1'.
+
+    Drops a trailing '/<op>' and every path segment that the next one repeats as its prefix
+    (PyTorch's exporter writes module paths that way), then keeps the end."""
+    parts = [p for p in name.split("/") if p]
+    if len(parts) > 1 and parts[-1].split("_")[0] == op:
+        parts = parts[:-1]
+    parts = [p for i, p in enumerate(parts) if not (i + 1 < len(parts) and parts[i + 1].startswith(p))]
+    return _short("/".join(parts) or name or op, width)
 
 
 def _shape(shape) -> str:

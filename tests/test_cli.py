@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -157,3 +158,142 @@ def test_external_data_model(capsys, model, tmp_path):
     code, _, err = run_cli(capsys, "compress", ext, "--flops", "0.3", "-o", tmp_path / "ext.pruned.onnx")
     assert code == 0, err
     onnx.checker.check_model(str(tmp_path / "ext.pruned.onnx"), full_check=True)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and restore it afterwards."""
+    import os
+
+    old = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(capsys, model, tmp_path, umask, mask):
+    import os
+    import stat
+
+    umask(mask)
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--report", tmp_path / "r.json")
+    assert code == 0, err
+    for name in ("m.pruned.onnx", "m.pruned.plan.json", "r.json"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o666 & ~mask, name
+    with open(tmp_path / "plain.txt", "w"):  # what any other program writing a file would get
+        pass
+    assert stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o664, 0o444])
+def test_overwritten_file_keeps_its_mode(tmp_path, umask, mode):
+    import os
+    import stat
+
+    from onnxprune.graph import write_bytes_atomic
+
+    umask(0o022)
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    os.chmod(target, mode)
+    write_bytes_atomic(target, b"new contents")
+    assert target.read_bytes() == b"new contents"
+    assert stat.S_IMODE(os.stat(target).st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temporary file left
+
+
+def unwritable_dir(tmp_path):
+    """A directory in which no file can be created: mode 0555, or /proc for root (root ignores modes)."""
+    import os
+
+    if os.geteuid() != 0:
+        d = tmp_path / "ro"
+        d.mkdir()
+        d.chmod(0o555)
+        return d
+    return Path("/proc")
+
+
+BAD_REPORT = [
+    ("directory missing", lambda p, m: p / "no" / "dir" / "r.html", ("cannot write", "directory", "does not exist")),
+    ("directory not writable", lambda p, m: unwritable_dir(p) / "r.html", ("cannot write", "cannot create a file in")),
+    ("report is the input", lambda p, m: m, ("--report", "is the input model")),
+    ("report is the output", lambda p, m: p / "out.onnx", ("--report", "is the pruned model's path")),
+    ("report is the plan", lambda p, m: p / "out.plan.json", ("--report", "is the plan's path")),
+    ("report is a directory", lambda p, m: p, ("cannot write", "it is a directory")),
+    ("existing report", lambda p, m: (p.joinpath("old.json").write_text("{}"), p / "old.json")[1], ("exists", "--force")),
+]
+
+
+@pytest.mark.parametrize("case,report,words", BAD_REPORT, ids=[b[0] for b in BAD_REPORT])
+def test_compress_checks_the_report_path_before_compressing(capsys, monkeypatch, tmp_path, model, case, report, words):
+    import onnxprune
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("compress ran although --report cannot be written")
+
+    monkeypatch.setattr(onnxprune, "compress", must_not_run)
+    before = digest(model)
+    path = report(tmp_path, model)
+    files = sorted(tmp_path.iterdir())
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "-o", tmp_path / "out.onnx", "--report", path)
+    assert code == 1, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and all(w in lines[0] for w in words), err
+    assert digest(model) == before and sorted(tmp_path.iterdir()) == files  # nothing written, no probe left
+
+
+def test_compress_report_with_unknown_extension_is_a_usage_error(capsys, tmp_path, model):
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--report", tmp_path / "r.pdf")
+    assert code == 2 and "cannot tell the report format from 'r.pdf'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_plan_path_cannot_replace_the_input_model(capsys, tmp_path, model):
+    before = digest(model)
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--plan", model)
+    assert code == 1 and err.strip() == f"error: --plan {model} is the input model; choose another path"
+    assert digest(model) == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_failing_report_leaves_no_model_behind(capsys, monkeypatch, tmp_path, model):
+    """The report is built before the model is saved: if building it fails (here: the latency
+    measurement raises), neither the pruned model nor its plan is written."""
+    import onnxprune.report
+    from onnxprune.errors import OnnxPruneError
+
+    def latency_fails(*args, **kwargs):
+        raise OnnxPruneError("onnxruntime could not time the pruned model")
+
+    monkeypatch.setattr(onnxprune.report, "measure_latency", latency_fails)
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--report", tmp_path / "r.html")
+    assert code == 1 and err.strip() == "error: onnxruntime could not time the pruned model", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_html_report_without_matplotlib_fails_before_compressing(capsys, monkeypatch, tmp_path, model):
+    import onnxprune
+    import onnxprune.report_html
+    from onnxprune.errors import DependencyError
+
+    def no_matplotlib():
+        raise DependencyError("matplotlib is not installed: pip install 'onnxprune[report]'")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("compress ran although the HTML report cannot be drawn")
+
+    monkeypatch.setattr(onnxprune.report_html, "require_matplotlib", no_matplotlib)
+    monkeypatch.setattr(onnxprune, "compress", must_not_run)
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--report", tmp_path / "r.html")
+    assert code == 1 and err.strip() == "error: matplotlib is not installed: pip install 'onnxprune[report]'", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_compress_writes_its_report(capsys, tmp_path, model):
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--report", tmp_path / "r.json", "--json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    summary = json.loads(out)
+    assert summary["report"] == str(tmp_path / "r.json")
+    assert report["plan"]["macs_after"] == summary["macs_after"] and report["plan"]["prediction_matches"] is True
+    assert report["scores"]["criterion"] == "l1"  # the scores the run used

@@ -79,6 +79,106 @@ def test_report_without_plan_has_every_key_null(model):
     assert all(l["after"] is None for l in data["layers"]) and all(g["kept"] is None for g in data["groups"])
 
 
+def test_group_output_is_where_the_channels_leave_bn_and_activation():
+    """``groups[].output`` names the activation the data criteria observe: the BatchNormalization
+    output when no activation follows, the Relu output after BN -> Relu, the map before the
+    global pooling of the head, nothing for the logits."""
+    g = G(2)
+    conv1 = g.conv("x", 3, 8)
+    bn1 = g.bn(conv1, 8)  # no activation: the channels leave through the BN
+    conv2 = g.conv(bn1, 8, 8)
+    relu2 = g.op("Relu", [g.bn(conv2, 8)])
+    conv3 = g.conv(relu2, 8, 6)
+    relu3 = g.op("Relu", [conv3])
+    proto = g.model(g.head(relu3, 6), in_shape=(1, 3, 8, 8))
+    groups = build_report(proto, settings=NO_LATENCY).groups
+    by_producer = {g["name"]: g for g in groups}
+    convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
+    assert by_producer[convs[0]]["output"] == [f"{bn1}[axis 1]"]
+    assert by_producer[convs[1]]["output"] == [f"{relu2}[axis 1]"]
+    assert by_producer[convs[2]]["output"] == [f"{relu3}[axis 1]"]
+    gemm = next(n.name for n in proto.graph.node if n.op_type == "Gemm")
+    assert by_producer[gemm]["output"] == [] and not by_producer[gemm]["prunable"]
+    # The same tensors calibration observes for HRank.
+    from onnxprune import analyse, load_model
+    from onnxprune.scoring import observations
+
+    observed = {f"{o.tensor}[axis {o.axis}]" for o in observations(analyse(load_model(proto))).values()}
+    assert observed == {t for g in groups for t in g["output"]}
+
+
+def test_batchnorm_layers_belong_to_their_group(model):
+    """A BatchNormalization has parameters but no MACs: its group is its conv's, so it is prunable."""
+    layers = build_report(str(model), settings=NO_LATENCY).layers
+    for i, layer in enumerate(layers):
+        if layer["op"] == "BatchNormalization":
+            conv = layers[i - 1]
+            assert conv["op"] == "Conv" and layer["out_groups"] == conv["out_groups"] and layer["prunable"], layer
+            assert layer["macs"] == 0 and layer["params"] > 0
+
+
+def test_reconstruction_biases_are_counted_apart_from_the_prediction(tmp_path):
+    """LDRF gives a compensated conv without bias a new bias: the measured parameters exceed the
+    plan's prediction by exactly those biases, and the prediction still matches."""
+    g = G(4)
+    a = g.op("Relu", [g.bn(g.conv("x", 3, 8, bias=False), 8)])
+    b = g.op("Relu", [g.bn(g.conv(a, 8, 8, bias=False), 8)])
+    proto = g.model(g.head(g.op("Relu", [g.conv(b, 8, 8, bias=False)]), 8), in_shape=(1, 3, 8, 8))
+    data = {"x": np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32)}
+    result = compress(proto, Settings(target=Target("flops", 0.4)), data=data)
+    assert result.summary["reconstruct"] == "ldrf"
+    report = build_report(proto, result=result, settings=NO_LATENCY)
+    original = {t.name for t in proto.graph.initializer}
+    new = [t for t in result.model.graph.initializer if t.name not in original]
+    assert new and report.plan["params_added"] == sum(int(np.prod(t.dims)) for t in new)
+    assert report.plan["params_after"] == result.plan.predicted["params_after"] + report.plan["params_added"]
+    assert report.plan["prediction_matches"] is True
+    assert f"{report.plan['params_added']:,} of them added by reconstruction" in render_text(report)
+
+
+def test_chart_labels_are_short_module_paths():
+    from onnxprune.report_html import _label
+
+    assert _label("/stages/stages.1/stages.1.0/conv1/Conv", "Conv") == "stages.1.0/conv1"
+    assert _label("/stem/stem.1/BatchNormalization", "BatchNormalization") == "stem.1"
+    assert _label("Conv_12", "Conv") == "Conv_12" and _label("", "Gemm") == "Gemm"
+
+
+def lrn_cnn():
+    """conv1 (input pinned by the graph input, output pinned by an LRN without a rule) -> LRN ->
+    conv2 (input pinned by the LRN, output prunable) -> head (Gemm: output pinned, input prunable)."""
+    g = G(3)
+    a = g.op("Relu", [g.conv("x", 3, 8)])
+    b = g.op("LRN", [a], size=3)
+    return g.model(g.head(g.op("Relu", [g.conv(b, 8, 8)]), 8))
+
+
+def test_blockers_credit_only_macs_no_group_can_reduce():
+    from onnxprune import CostModel, analyse, load_model
+    from onnxprune.allocate import main_blockers
+
+    analysis = analyse(load_model(lrn_cnn()))
+    cost = CostModel(analysis)
+    per_node, total = cost.per_node(analysis.full_keep()), cost.evaluate(analysis.full_keep()).macs
+    share = {analysis.model.graph.nodes[i].op + str(i): c.macs / total for i, c in per_node.items()}
+    conv1, conv2 = (share[k] for k in sorted(k for k in share if k.startswith("Conv")))
+    blockers = dict(main_blockers(analysis, cost))
+    lrn = next(r for r in blockers if r.startswith("LRN"))
+    # conv1 is pinned on both sides; conv2 only on its input side: its output channels are
+    # prunable, so its MACs are reducible and nobody is credited with them.
+    assert blockers[lrn] == pytest.approx(conv1) and conv2 > conv1
+    assert blockers["'x' is a graph input"] == pytest.approx(conv1)
+    assert blockers[next(r for r in blockers if r.startswith("reaches graph output"))] == 0.0  # the Gemm's input is prunable
+
+
+def test_blockers_of_a_model_whose_every_layer_can_shrink(model):
+    report = build_report(str(model), settings=NO_LATENCY)
+    assert {b["reason"] for b in report.blockers} >= {"'x' is a graph input"}
+    assert all(b["macs_share"] == 0.0 for b in report.blockers)  # the first conv's outputs are prunable
+    with pytest.raises(OnnxPruneError, match="no blocked channel pins MACs"):
+        compress(str(model), Settings(target=Target("flops", 0.97)))
+
+
 # Subtrees whose keys are not the report's: the plan's own settings/prediction (the plan format)
 # and input names.
 FOREIGN = {("plan", "settings"), ("plan", "predicted"), ("model", "inputs")}
@@ -139,6 +239,21 @@ def test_scores_section_finds_dead_channels(tmp_path):
     assert s["criterion"] == "l1" and "scores (l1)" in render_text(report)
 
 
+def test_scores_from_calibration_data_find_dead_feature_maps(tmp_path):
+    """With data, HRank ranks the feature maps: the three zero filters give constant maps (rank
+    <= 1 against ~8 for the others), exactly those three are low; the pass is recorded."""
+    data = {"x": np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32)}
+    report = build_report(str(dead_filter_cnn(tmp_path / "d.onnx")), data=data,
+                          settings=ReportSettings(latency_runs=0, calibration_images=32))
+    s = report.scores
+    assert s["criterion"] == "hrank" and s["calibration"] == {"images": 32, "provider": "CPUExecutionProvider"}
+    dead = next(g for g in s["groups"] if g["id"] == 2)
+    low = [i for i, v in enumerate(dead["normalised"]) if v < s["low_score"]]
+    assert low == [0, 1, 2] and dead["recommended_ratio"] == pytest.approx(3 / 8)
+    with pytest.raises(OnnxPruneError, match="give calibration data"):
+        build_report(str(tmp_path / "d.onnx"), criterion="apoz", settings=NO_LATENCY)
+
+
 def test_scores_must_match_the_groups(model):
     with pytest.raises(ValueError, match="do not match"):
         build_report(str(model), scores={1: np.ones(3)}, settings=NO_LATENCY)
@@ -161,7 +276,7 @@ def test_sensitivity_section_and_foreign_fingerprint(model, tmp_path):
 class _Checker(HTMLParser):
     """Collects tags, checks nesting of the elements the page uses, finds external references."""
 
-    VOID = {"meta", "img", "br", "hr", "link", "input"}
+    VOID = {"meta", "img", "br", "hr", "link", "input", "wbr"}
 
     def __init__(self):
         super().__init__()
@@ -206,7 +321,8 @@ def test_html_escapes_names(tmp_path):
     path = tmp_path / "e.onnx"
     onnx.save(g.model(g.head(y, 4)), path)
     page = render_html(build_report(str(path), settings=NO_LATENCY))
-    assert "<b>evil</b>" not in page and "&lt;b&gt;evil&lt;/b&gt;&amp;" in page
+    assert "<b>evil</b>" not in page
+    assert "&lt;b&gt;evil&lt;/b&gt;&amp;" in page.replace("<wbr>", "")  # names may wrap after '/' (<wbr>)
 
 
 def test_html_is_deterministic_without_latency(result, model):
@@ -418,3 +534,16 @@ def test_sigint_during_startup_is_one_line(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip().splitlines() == ["error: interrupted; no output was written"], err
 
+
+
+def test_report_api_is_exported_lazily():
+    """``from onnxprune import build_report`` works, and ``import onnxprune`` alone loads no report code."""
+    import onnxprune
+    import onnxprune.report as module
+
+    for name in ("Report", "ReportSettings", "build_report", "write_report"):
+        assert name in onnxprune.__all__ and getattr(onnxprune, name) is getattr(module, name)
+    code = ("import sys, onnxprune; print(sorted(m for m in sys.modules if m.startswith('onnxprune.') or m in ('onnx', 'numpy')));"
+            "from onnxprune import build_report; print('onnxprune.report' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["[]", "True"]
