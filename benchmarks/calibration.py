@@ -264,23 +264,25 @@ def kept_at_half(scores: np.ndarray) -> set[int]:
     return set(order[: (len(scores) + 1) // 2].tolist())
 
 
-def agreement(path: Path, reference: Path) -> tuple[float, float, float, float]:
+def agreement(path: Path, reference: Path) -> tuple[float, float, float, float, float]:
     """Kept-channel overlap at 50% pruning against the reference scores, per layer.
 
-    Returns (mean overlap, min overlap, fraction of layers >= 95%, worst score loss). The score
+    Returns (mean overlap, min overlap, fraction of layers >= 95%, worst score loss, overlap
+    over the whole network: identical kept channels / kept channels, all layers). The score
     loss of a layer is how much lower, in exact mean-rank units, the kept channels score on
     average than the exactly chosen ones: it tells a swap of near-tied channels (loss ~0.01)
     from a wrong choice (loss of whole ranks).
     """
     a, b = np.load(path), np.load(reference)
-    fractions, losses = [], []
+    fractions, losses, same, kept = [], [], 0, 0
     for key in b.files:
         ka, kb = kept_at_half(a[key]), kept_at_half(b[key])
         fractions.append(len(ka & kb) / len(kb))
+        same, kept = same + len(ka & kb), kept + len(kb)
         exact = b[key]
         losses.append((exact[sorted(kb)].sum() - exact[sorted(ka)].sum()) / len(kb))
     f = np.array(fractions)
-    return float(f.mean()), float(f.min()), float((f >= 0.95).mean()), float(max(losses))
+    return float(f.mean()), float(f.min()), float((f >= 0.95).mean()), float(max(losses)), same / max(kept, 1)
 
 
 def main() -> None:
@@ -330,8 +332,9 @@ def report(results: dict, score_files: dict) -> None:
         ratio = f"{r['wall_s'] / plain:8.2f}" if plain else f"{'':8}"
         agree, notes = "", []
         if reference and name.startswith("hrank") and name != "hrank-svd":
-            m, lo, frac, loss = agreement(score_files[name], reference)
+            m, lo, frac, loss, overall = agreement(score_files[name], reference)
             agree = f"{m:.3f}/{lo:.3f}/{frac:.2f}"
+            notes.append(f"network-wide {overall:.1%} of kept channels identical")
             notes.append(f"worst score loss {loss:.4f} rank/kept channel")
         if r.get("extrapolated"):
             notes.append(f"EXTRAPOLATED from {r['measured_images']} images ({r['measured_wall_s']:.1f} s)")

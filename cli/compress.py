@@ -42,6 +42,10 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Fewest channels any group keeps.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Kept channel counts are multiples of N (fast kernels).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
+@click.option("--rank-early-stop", type=float, metavar="TOL",
+              help="HRank: stop ranking a layer once no channel's mean rank moved by TOL over the last 32 images "
+                   "(0.2: 2.8x plain inference instead of 5.3x on ResNet-50, ~98%% of kept channels identical; "
+                   "docs/CALIBRATION.md) [default: rank every image].")
 @data_options
 @input_shape_option
 @click.option("--finetune", "finetune_data", type=click.Path(),
@@ -53,7 +57,7 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, nothing printed on success.")
 def compress(model, flops, params, output, plan_path, criterion, allocation, reconstruct, sensitivity_path, max_ratio,
-             min_channels, round_to, seed, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
+             min_channels, round_to, seed, rank_early_stop, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
              finetune_data, epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels,
              report_path, force, as_json, quiet):
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
@@ -92,7 +96,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     settings = Settings(
         target=target, criterion=criterion, allocation=allocation, limits=Limits(max_ratio, min_channels, round_to),
         reconstruct=reconstruct, seed=seed, calib_batches=calib_batches, batch_size=batch_size,
-        eval_images=eval_images, providers=_providers(device),
+        eval_images=eval_images, providers=_providers(device), rank_early_stop=rank_early_stop,
     )
     with Progress(quiet or as_json) as progress:
         result = run_compress(model, settings, parse_input_shapes(input_shapes), data=data, eval_data=eval_data,
@@ -143,7 +147,9 @@ def format_summary(s: dict) -> str:
     ]
     if "calibration" in s:
         c = s["calibration"]
+        early = c.get("rank_images")
         lines.append(f"data     {c['images']} calibration images on {c['provider']}" +
+                     (f" (HRank early stop: ranks from {early['fewest']}-{early['most']} images per layer)" if early else "") +
                      "".join(f"; {w}" for w in c["warnings"]))
     if "reconstruction" in s:
         r = s["reconstruction"]

@@ -79,6 +79,7 @@ class CalibrationResult:
     batch_size: int
     converged: bool = False
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    rank_images: tuple[int, int] | None = None  # (fewest, most) images HRank used per tensor (early stop)
 
 
 # --------------------------------------------------------------------------- providers

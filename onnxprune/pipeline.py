@@ -28,6 +28,7 @@ from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate
 
 RECONSTRUCT_MODES = ("none", "local", "ldrf")
 ALLOCATIONS = ("uniform", "sensitivity", "global")
+RANK_PATIENCE = 32  # images over which HRank's early stop watches the mean ranks
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Settings:
     calib_batches: int | None = None
     batch_size: int | None = None
     eval_images: int = 512  # sensitivity evaluation images (first N of the evaluation data)
+    rank_early_stop: float | None = None  # HRank early stop tolerance (rank units, patience 32 images)
     providers: tuple | None = None
 
 
@@ -132,7 +134,9 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     calibration = None
     if criterion in DATA_CRITERIA:
         calibration = collect(analysis, dataset, [criterion], providers=settings.providers, progress=stage("calibration"),
-                              max_batches=settings.calib_batches, batch_size=settings.batch_size)
+                              max_batches=settings.calib_batches, batch_size=settings.batch_size,
+                              rank_patience=RANK_PATIENCE if settings.rank_early_stop is not None else None,
+                              rank_tol=settings.rank_early_stop or 0.05)
         scores = data_scores(analysis, criterion, calibration, settings.seed)
         timer.lap("calibration")
     else:
@@ -185,6 +189,9 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     if calibration is not None:
         summary["calibration"] = {"images": calibration.num_images, "provider": calibration.provider,
                                   "batch_size": calibration.batch_size, "warnings": list(calibration.warnings)}
+        if calibration.rank_images is not None:
+            summary["calibration"]["rank_images"] = {"fewest": calibration.rank_images[0],
+                                                     "most": calibration.rank_images[1]}
     if sensitivity is not None:
         summary["sensitivity"] = {"metric": sensitivity.metric, "evaluations": sensitivity.evaluations,
                                   "seconds": sensitivity.seconds, "threshold": allocation.details.get("threshold")}
@@ -201,6 +208,8 @@ def _check_settings(settings: Settings, criterion: str, mode: str, dataset, eval
         raise OnnxPruneError(f"unknown reconstruction {mode!r}; available: {', '.join(RECONSTRUCT_MODES)}")
     if mode != "none" and dataset is None:
         raise OnnxPruneError(f"reconstruction {mode} fits on activations: give calibration data with --data")
+    if settings.rank_early_stop is not None and (criterion != "hrank" or not settings.rank_early_stop > 0):
+        raise OnnxPruneError("--rank-early-stop takes a positive tolerance and applies to --criterion hrank only")
     if settings.allocation not in ALLOCATIONS:
         raise OnnxPruneError(f"unknown allocation {settings.allocation!r}; available: {', '.join(ALLOCATIONS)}")
     if settings.allocation == "sensitivity" and dataset is None and evalset is None:

@@ -21,7 +21,7 @@ the rank of a 1x1 map says nothing. Groups with no observable consumer fall back
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -59,13 +59,29 @@ def observations(analysis: Analysis) -> dict[str, Observation]:
     return result
 
 
-def _collector(criterion: str, axis: int, rank_patience: int | None, rank: int = 4):
+class _VectorRank(ApozCollector):
+    """HRank of a [N, C] activation: a 1x1 map per channel has rank 1 where it is non-zero, so
+    the mean rank is exactly 1 - APoZ. With an early stop it counts as converged after the
+    patience's worth of images (it is exact and cheap: it must not keep the pass going)."""
+
+    def __init__(self, *, axis: int = 1, patience: int | None = None):
+        super().__init__(axis=axis)
+        self.patience, self.images = patience, 0
+
+    def update(self, batch):
+        super().update(batch)
+        self.images += np.shape(batch)[0]
+
+    @property
+    def converged(self) -> bool:
+        return self.patience is not None and self.images >= self.patience
+
+
+def _collector(criterion: str, axis: int, rank_patience: int | None, rank: int = 4, rank_tol: float = 0.05):
     if criterion == "hrank" and rank < 4:
-        # A [N, C] activation is a 1x1 map per channel: its rank is 1 where it is non-zero, so
-        # the mean rank is exactly 1 - APoZ.
-        return ApozCollector(axis=axis)
+        return _VectorRank(axis=axis, patience=rank_patience)
     if criterion == "hrank":
-        return RankCollector(axis=axis, patience=rank_patience)
+        return RankCollector(axis=axis, patience=rank_patience, tol=rank_tol)
     if criterion == "apoz":
         return ApozCollector(axis=axis)
     if criterion == "mean_activation":
@@ -76,18 +92,27 @@ def _collector(criterion: str, axis: int, rank_patience: int | None, rank: int =
 
 
 def collect(analysis: Analysis, data, criteria: list[str], *, providers=None, progress=None,
-            max_batches=None, rank_patience: int | None = None, batch_size: int | None = None):
+            max_batches=None, rank_patience: int | None = None, batch_size: int | None = None,
+            rank_tol: float = 0.05):
     """One calibration pass over ``data`` collecting what ``criteria`` need on every observed
-    tensor that belongs to a prunable group. Returns the CalibrationResult."""
+    tensor that belongs to a prunable group. Returns the CalibrationResult.
+
+    ``rank_patience``/``rank_tol``: HRank's early stop (RankCollector): a tensor's ranks stop
+    once no channel's mean rank moved by ``rank_tol`` over the last ``rank_patience`` images;
+    the pass ends when every tensor has stopped. ``result.rank_images`` = (fewest, most)
+    images whose ranks were used."""
     from .calibrate import calibrate
 
     prunable_dims = {d for g in analysis.prunable_groups for d in g.dims}
     obs = {n: o for n, o in observations(analysis).items() if o.dim in prunable_dims}
     rank = {name: len(analysis.model.tensors[name].shape) for name in obs}
-    requests = {name: [_collector(c, o.axis, rank_patience, rank[name]) for c in criteria] for name, o in obs.items()}
-    return calibrate(analysis.model.proto, requests, data, providers=providers, progress=progress,
-                     max_batches=max_batches, stop_when_converged=rank_patience is not None and criteria == ["hrank"],
-                     batch_size=batch_size)
+    requests = {name: [_collector(c, o.axis, rank_patience, rank[name], rank_tol) for c in criteria]
+                for name, o in obs.items()}
+    result = calibrate(analysis.model.proto, requests, data, providers=providers, progress=progress,
+                       max_batches=max_batches, stop_when_converged=rank_patience is not None and criteria == ["hrank"],
+                       batch_size=batch_size)
+    used = [c.images for cs in requests.values() for c in cs if isinstance(c, RankCollector)]
+    return replace(result, rank_images=(min(used), max(used))) if used and rank_patience is not None else result
 
 
 def data_scores(analysis: Analysis, criterion: str, calibration, seed: int = 0) -> dict[int, np.ndarray]:

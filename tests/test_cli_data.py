@@ -138,3 +138,21 @@ def test_finetune_without_labels_or_teacher_is_an_error(capsys, model, tmp_path)
     data = write_data(tmp_path / "nolabels.npz", labels=False)
     code, _, err = run_cli(capsys, "finetune", model, "--data", data, "-o", tmp_path / "t.onnx")
     assert code == 1 and "labels" in err and "--teacher" in err
+
+
+def test_rank_early_stop_uses_fewer_images_and_says_so(capsys, model, tmp_path):
+    """96 copies of one image: the mean ranks never move, so every layer stops after the
+    32-image patience (plus the batch that crossed it), well before the end of the data; the
+    summary says how many images were ranked."""
+    one = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    data = write_data(tmp_path / "calib.npz", n=96, x=np.repeat(one, 96, axis=0))
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", data, "--rank-early-stop", "0.2",
+                             "--batch-size", "8", "--reconstruct", "none", "--json")
+    assert code == 0, err
+    c = json.loads(out)["calibration"]
+    assert 32 <= c["rank_images"]["fewest"] <= c["rank_images"]["most"] <= 40 and c["images"] <= 40
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", data, "--json", "--force")
+    assert code == 0 and "rank_images" not in json.loads(out)["calibration"], err
+    for bad in (["--rank-early-stop", "0"], ["--rank-early-stop", "0.1", "--criterion", "apoz"]):
+        code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", data, *bad, "-o", tmp_path / "x.onnx")
+        assert code == 1 and "--rank-early-stop" in err and len(err.strip().splitlines()) == 1
