@@ -11,6 +11,7 @@ or downloaded is listed as such, a failure of onnxprune itself as a crash.
 
     python benchmarks/coverage.py                      # full corpus -> docs/COVERAGE.md
     python benchmarks/coverage.py --only resnet18 ppocr_det --no-write
+    python benchmarks/coverage.py --only swin_t,vit_b_16 --update   # re-run rows, merge into the doc
 """
 
 from __future__ import annotations
@@ -180,21 +181,66 @@ NOTES = """## What makes these architectures prunable
   count by itself is replaced by the constant it must take; entries from the batch stay dynamic.
 - **QDQ graphs**: DequantizeLinear of int8 constants is a sliceable weight (per-channel scales and
   zero points are sliced with it); Q/DQ pairs on feature maps pass channels through.
-- **Blocked, with the reason named**: LayerNormalization over the channel axis (ConvNeXt's residual
-  stream, Swin, ViT: mean and variance change when a channel goes), dynamically quantized
-  operators (ConvInteger, MatMulInteger: no rule), attention MatMuls between two activations.
+- **Channels-last transformer blocks** (ViT's [N, L, C], Swin's [N, H, W, C], ConvNeXt after its
+  Transpose): a tensor whose producer defines no channels (a LayerNorm over them, a graph
+  input) carries none, and the ops that only move channels (elementwise, Reshape, Pad, Slice,
+  another LayerNorm...) pass that on rather than guess axis 1; a MatMul or Einsum with a constant
+  weight that reads it produces new channels on its last axis. So the MLP hidden channels
+  (fc1 -> GELU -> fc2) of every block are prunable groups.
+- **Blocked, with the reason named**: LayerNormalization over the channel axis (the residual
+  stream of ConvNeXt, Swin and ViT: mean and variance change when a channel goes), dynamically
+  quantized operators (ConvInteger, MatMulInteger: no rule), attention MatMuls between two
+  activations, and the attention's q/k/v projection (its output is split into heads and picked
+  by a Gather, which spreads the channels over several axes).
 
 Share columns count a convolution as prunable when at least one of its weight axes (output,
-input or depthwise channels) is in a prunable group.
+input or depthwise channels) is in a prunable group. In ViT and Swin the only convolution is the
+patch embedding, whose output channels are the residual stream that the LayerNorms pin: 0% of
+conv MACs is structural there, as in ConvNeXt, whose depthwise convolutions sit on that stream.
+Their MACs are mostly in MatMuls; the list of models under 90% gives the share of all MACs that
+is prunable (the MLPs), and the 30% target is reached on it. The same table, with the share of
+all MACs and the blockers over all MACs, is printed for any model by
+`onnxprune inspect MODEL... --summary`. Models listed under "Not analysed" as "not run in this
+pass" were left out of the run that produced this file for time; the benchmark runs them.
 """
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def _done(r: dict) -> bool:
+    return "crash" not in r and "unavailable" not in r and "error" not in r
+
+
+def _table_line(r: dict) -> str:
     from onnxprune.coverage import format_coverage
 
-    done = [r for r in rows if "crash" not in r and "unavailable" not in r and "error" not in r]
-    tv = [r for r in done if r["source"] == "torchvision"]
-    under = [r for r in tv if r["prunable_conv_share"] < 0.9]
+    return format_coverage([r]).splitlines()[-1]
+
+
+def _failed_line(r: dict) -> str | None:
+    if not _done(r) or r["compress"].get("ok"):
+        return None
+    return f"- **{r['name']}**: {r['compress']['message']}"
+
+
+def _under_line(r: dict) -> str | None:
+    if not _done(r) or r["source"] != "torchvision" or r["prunable_conv_share"] >= 0.9:
+        return None
+    top = "; ".join(f"{b['reason']} ({b['conv_macs_share']:.0%})" for b in r["blockers"][:2])
+    macs = f"; {r['prunable_macs_share']:.0%} of all MACs" if "prunable_macs_share" in r else ""
+    return f"- **{r['name']}** ({r['prunable_conv_share']:.0%} of conv MACs{macs}): {top}"
+
+
+def _other_line(r: dict) -> str | None:
+    if _done(r):
+        return None
+    return f"- {r['name']} ({r['source']}): {r.get('crash') and 'CRASH ' + r['crash'] or r.get('unavailable') or r.get('error')}"
+
+
+FAILED, UNDER, NOTES_HEAD, OTHER = ("## Targets not reached (exact messages)", "## torchvision models under 90% and why",
+                                    "## What makes these architectures prunable", "## Not analysed")
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    done = [r for r in rows if _done(r)]
     lines = [
         "# Architecture coverage",
         "",
@@ -209,38 +255,132 @@ def markdown(rows: list[dict], command: str) -> str:
         "onnxruntime, predicted = measured cost) or the unreachable-target message, and the op types",
         "that block the rest (share of conv MACs). Random weights: accuracy is not the point here.",
         "",
-        f"Models analysed: {len(done)}; torchvision classification models at or above 90%: "
-        f"{len(tv) - len(under)} of {len(tv)}; crashes: {sum('crash' in r for r in rows)}.",
+        _counts(rows),
         "",
         "```",
-        format_coverage([r for r in rows if "crash" not in r and "unavailable" not in r]).rstrip(),
+        format_coverage_header(),
+        *[_table_line(r) for r in rows if "crash" not in r and "unavailable" not in r],
         "```",
         "",
     ]
-    failed = [r for r in done if not r["compress"].get("ok")]
-    if failed:
-        lines += ["## Targets not reached (exact messages)", ""]
-        lines += [f"- **{r['name']}**: {r['compress']['message']}" for r in failed]
-        lines.append("")
-    if under:
-        lines += ["## torchvision models under 90% and why", ""]
-        for r in under:
-            top = "; ".join(f"{b['reason']} ({b['conv_macs_share']:.0%})" for b in r["blockers"][:2])
-            lines.append(f"- **{r['name']}** ({r['prunable_conv_share']:.0%}): {top}")
-        lines.append("")
+    for title, fn in ((FAILED, _failed_line), (UNDER, _under_line)):
+        items = [x for x in map(fn, done) if x]
+        if items:
+            lines += [title, "", *items, ""]
     lines += NOTES.splitlines()
     lines.append("")
-    other = [r for r in rows if "crash" in r or "unavailable" in r or "error" in r]
+    other = [x for x in map(_other_line, rows) if x]
     if other:
-        lines += ["## Not analysed", ""]
-        lines += [f"- {r['name']} ({r['source']}): {r.get('crash') and 'CRASH ' + r['crash'] or r.get('unavailable') or r.get('error')}" for r in other]
-        lines.append("")
+        lines += [OTHER, "", *other, ""]
     return "\n".join(lines)
+
+
+def format_coverage_header() -> str:
+    from onnxprune.coverage import format_coverage
+
+    return "\n".join(format_coverage([]).splitlines()[:2])
+
+
+def _counts(rows: list[dict]) -> str:
+    done = [r for r in rows if _done(r)]
+    tv = [r for r in done if r["source"] == "torchvision"]
+    under = [r for r in tv if r["prunable_conv_share"] < 0.9]
+    return (f"Models analysed: {len(done)}; torchvision classification models at or above 90%: "
+            f"{len(tv) - len(under)} of {len(tv)}; crashes: {sum('crash' in r for r in rows)}.")
+
+
+def update_markdown(text: str, rows: list[dict], command: str) -> str:
+    """Merge the rows of a partial run into an existing docs/COVERAGE.md: their table lines,
+    bullets (targets not reached, under 90%, not analysed) are replaced or added in corpus
+    order, the counts are recounted from the merged table, the notes are the current NOTES,
+    and the header says which rows this command re-ran."""
+    order = {key: i for i, key in enumerate(corpus())}
+    fresh = {(r["name"], r["source"]) for r in rows}
+    names = {r["name"] for r in rows}
+    head, table, after = _split_table(text)
+    kept = {_line_key(line): line for line in table}
+    for r in rows:
+        kept.pop((r["name"], r["source"]), None)
+        if "crash" not in r and "unavailable" not in r:
+            kept[(r["name"], r["source"])] = _table_line(r)
+    table = [kept[k] for k in sorted(kept, key=lambda k: order.get(k, len(order)))]
+    sections = _sections(after)
+
+    def stale(title: str, line: str) -> bool:
+        if title == OTHER:
+            return any(line.startswith(f"- {n} ({src}):") for n, src in fresh)
+        return bool(_bullet_names(line) & names)
+
+    for title, fn in ((FAILED, _failed_line), (UNDER, _under_line), (OTHER, _other_line)):
+        items = [x for x in sections.get(title, []) if x.strip() and not stale(title, x)] + [x for x in map(fn, rows) if x]
+        sections[title] = sorted(items, key=lambda x: _bullet_order(x, order))
+    sections[NOTES_HEAD] = NOTES.strip("\n").splitlines()[2:]
+    date = max(i for i, line in enumerate(head) if line.startswith(("Date: ", "Updated: ")))
+    head[date] = head[date].rstrip() + "  "
+    head.insert(date + 1, f"Updated: {datetime.date.today().isoformat()}: rows of {', '.join(sorted(names))} "
+                          f"re-run with `{command}`")
+    counts = next(i for i, line in enumerate(head) if line.startswith("Models analysed: "))
+    head[counts] = _counts_from_table(table, sections.get(OTHER, []))
+    out = head + [*table, "```", ""]
+    for title in (FAILED, UNDER, NOTES_HEAD, OTHER, *[t for t in sections if t not in (FAILED, UNDER, NOTES_HEAD, OTHER)]):
+        body = sections.get(title, [])
+        while body and not body[-1].strip():
+            body = body[:-1]
+        if body:
+            out += [title, "", *body, ""]
+    return "\n".join(out)
+
+
+def _split_table(text: str):
+    """(lines before the table with its header row, table rows, lines after the table)."""
+    lines = text.splitlines()
+    first = lines.index("```")
+    last = lines.index("```", first + 1)
+    return lines[: first + 3], lines[first + 3 : last], lines[last + 1 :]
+
+
+def _line_key(line: str) -> tuple[str, str]:
+    return line[:34].strip(), line[35:47].strip()
+
+
+def _sections(lines: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    title = None
+    for line in lines:
+        if line.startswith("## "):
+            title = line
+            out[title] = []
+        elif title is not None and (out[title] or line.strip()):
+            out[title].append(line)
+    return out
+
+
+def _bullet_names(line: str) -> set[str]:
+    if line.startswith("- **"):
+        return {line[4:].split("**", 1)[0]}
+    if line.startswith("- "):
+        return {line[2:].split(" (", 1)[0]}
+    return set()
+
+
+def _bullet_order(line: str, order: dict) -> int:
+    name = next(iter(_bullet_names(line)), "")
+    return min((i for (n, _), i in order.items() if n == name), default=len(order))
+
+
+def _counts_from_table(table: list[str], other: list[str]) -> str:
+    tv = [line for line in table if _line_key(line)[1] == "torchvision" and "error:" not in line]
+    share = lambda line: float(line[59:67].strip().rstrip("%")) / 100  # noqa: E731  (the 'prunable' column)
+    under = [line for line in tv if share(line) < 0.9]
+    return (f"Models analysed: {sum('error:' not in line for line in table)}; torchvision classification models at or "
+            f"above 90%: {len(tv) - len(under)} of {len(tv)}; crashes: {sum('CRASH' in x for x in other)}.")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="model names to run (default: the whole corpus)")
+    parser.add_argument("--only", nargs="*", help="model names to run, space or comma separated (default: the whole corpus)")
+    parser.add_argument("--update", action="store_true",
+                        help="merge the rows of this run into the existing docs/COVERAGE.md instead of rewriting it")
     parser.add_argument("--source", nargs="*", help="only these sources (torchvision, tv-seg, timm, pypi-wheel)")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per model")
@@ -249,6 +389,13 @@ def main(argv=None) -> int:
     parser.add_argument("--render", nargs="*", type=Path, help="write docs/COVERAGE.md from rows saved with --json (no runs)")
     parser.add_argument("--child", nargs=2, metavar=("NAME", "SOURCE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.only = [n for item in args.only or [] for n in item.split(",") if n]
+    unknown = sorted(set(args.only) - {n for n, _ in corpus()}) if args.only else []
+    if unknown:
+        parser.error(f"not in the corpus: {', '.join(unknown)}")
+    doc = ROOT / "docs" / "COVERAGE.md"
+    if args.update and not doc.exists():
+        parser.error(f"--update needs an existing {doc}")
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.child:
         print(json.dumps(run_one(*args.child, args.cache), default=float))
@@ -280,9 +427,9 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
     if not args.no_write:
-        command = "python benchmarks/coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = ("python benchmarks/coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
         (ROOT / "docs").mkdir(exist_ok=True)
-        (ROOT / "docs" / "COVERAGE.md").write_text(markdown(rows, command.strip()))
+        doc.write_text(update_markdown(doc.read_text(), rows, command) if args.update else markdown(rows, command))
     return 1 if any("crash" in r for r in rows) else 0
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from .common import input_shape_option, output_path, parse_input_shapes, read_plan
+from .common import input_shape_option, output_path, parse_input_shapes, read_plan, same_path
+
+SUMMARY_FORMAT = "onnxprune.coverage/1"
 
 DATA_FREE_CRITERIA = ["l1", "l2", "fpgm", "bn_scale", "random"]
 
@@ -17,11 +20,19 @@ Examples:
   onnxprune inspect model.onnx --format html                 # writes model.report.html
   onnxprune inspect model.onnx --plan model.pruned.plan.json -o report.html --criterion l1
   onnxprune inspect model.onnx --json | jq .blockers
+  onnxprune inspect a.onnx b.onnx --summary                  # prunable share of MACs, blockers by op type
+  onnxprune inspect *.onnx --summary --json --no-compress
 """
 
 
 @click.command(epilog=EXAMPLES_INSPECT)
-@click.argument("model", type=click.Path())
+@click.argument("models", metavar="MODEL [MODEL...]", nargs=-1, required=True, type=click.Path())
+@click.option("--summary", is_flag=True,
+              help="One row per model: MACs and conv MACs, the share of each that is prunable, the blockers "
+                   "by op type, and the result of compressing at --flops (text or json; several models allowed).")
+@click.option("--flops", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3, show_default=True,
+              help="With --summary: the FLOPs reduction tried on each model, invariants checked on the result.")
+@click.option("--no-compress", is_flag=True, help="With --summary: analysis only, do not try --flops.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]),
               help="Report format [default: from -o's extension (.txt, .json, .html), else text].")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
@@ -39,11 +50,26 @@ Examples:
               help="Latency with --plan: onnxruntime intra-op threads.")
 @input_shape_option
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def inspect(model, fmt, as_json, output, plan_path, criterion, sensitivity_path, runs, threads, input_shapes, force):
-    """Per-layer MACs/params, the channel groups, and every blocked group with its reason."""
+def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path, criterion, sensitivity_path, runs,
+            threads, input_shapes, force):
+    """Per-layer MACs/params, the channel groups, and every blocked group with its reason.
+
+    With --summary: the coverage of one or several models (what share of their MACs pruning
+    can reach, and what blocks the rest)."""
     from onnxprune.report import ReportSettings, build_report, check_writable, render, write_text_atomic
 
     fmt = resolve_format(fmt, as_json, output)
+    ctx = click.get_current_context()
+    if summary:
+        return inspect_summary(models, None if no_compress else flops, fmt, output, parse_input_shapes(input_shapes), force,
+                               [o for o in ("plan_path", "criterion", "sensitivity_path", "runs", "threads")
+                                if ctx.get_parameter_source(o) == click.core.ParameterSource.COMMANDLINE])
+    for name in ("flops", "no_compress"):
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"--{name.replace('_', '-')} needs --summary")
+    if len(models) > 1:
+        raise click.UsageError(f"got {len(models)} models: several models need --summary")
+    model = models[0]
     out = None
     if output or fmt == "html":  # checked before the (slow) report is built
         out = output_path(model, output, ".report.html", force)
@@ -59,6 +85,45 @@ def inspect(model, fmt, as_json, output, plan_path, criterion, sensitivity_path,
         return
     write_text_atomic(out, text)
     click.echo(f"wrote {out}")
+
+
+def inspect_summary(models, flops, fmt, output, shapes, force, conflicting) -> int:
+    """``inspect --summary``: coverage_summary per model, as a table or JSON. A model that cannot
+    be analysed is a one-line error; among several, its row says why, the others are printed,
+    and the exit status is 1 with one line on stderr."""
+    from onnxprune.coverage import coverage_summary, format_coverage
+    from onnxprune.errors import OnnxPruneError
+    from onnxprune.report import check_writable, write_text_atomic
+
+    if conflicting:
+        names = ", ".join("--" + o.replace("_path", "").replace("_", "-") for o in conflicting)
+        raise click.UsageError(f"--summary cannot be combined with {names}")
+    if fmt == "html":
+        raise click.UsageError("--summary writes text or json, not html")
+    out = None
+    if output:
+        out = output_path(models[0], output, ".summary.txt", force)
+        for m in models:
+            if Path(m).exists() and out.exists() and same_path(Path(m), out):
+                raise OnnxPruneError(f"output {out} is the input model {m}; choose another path with -o")
+        check_writable(out)
+    rows = [coverage_summary(m, input_shapes=shapes, flops=flops) for m in models]
+    if len(rows) == 1 and "error" in rows[0]:
+        raise OnnxPruneError(rows[0]["error"])  # names the file
+    if fmt == "json":
+        text = json.dumps({"format": SUMMARY_FORMAT, "flops_target": flops, "models": rows}, indent=1, default=float) + "\n"
+    else:
+        text = format_coverage(rows, all_macs=True)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        write_text_atomic(out, text)
+        click.echo(f"wrote {out}")
+    failed = [r["error"] for r in rows if "error" in r]
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(rows)} models could not be analysed; first: {failed[0]}", err=True)
+        return 1
+    return 0
 
 
 def resolve_format(fmt: str | None, as_json: bool, output: str | None) -> str:

@@ -1,14 +1,16 @@
 """Architecture coverage: how much of a model's convolution work the analysis can prune.
 
 For one model, ``coverage_summary`` reports the MACs of all weighted layers and of the
-convolutions, the share of convolution MACs that pruning can reduce, what blocks the rest (by op
-type and by exact reason, with MAC shares), and the outcome of compressing at a FLOPs target: the
-reduction reached with the invariants checked on the result, or the exact unreachable-target
-message. ``format_coverage`` renders rows of several models as a text table.
+convolutions, the share of each that pruning can reduce, what blocks the rest (by op type and by
+exact reason, with MAC shares), and the outcome of compressing at a FLOPs target: the reduction
+reached with the invariants checked on the result, or the exact unreachable-target message.
+``format_coverage`` renders rows of several models as a text table (``onnxprune inspect
+--summary`` prints it; ``benchmarks/coverage.py`` puts it in docs/COVERAGE.md).
 
-A convolution counts as *prunable* when at least one of its weight axes (output channels, input
-channels, or a depthwise channel axis) belongs to a prunable channel group: its MACs then shrink
-with the plan.
+A layer (Conv, ConvTranspose, Gemm, MatMul) counts as *prunable* when at least one of its weight
+axes (output channels, input channels, or a depthwise channel axis) belongs to a prunable channel
+group: its MACs then shrink with the plan. A MatMul of two computed operands (attention) has no
+weight to slice and is never prunable.
 
     rows = [coverage_summary(path) for path in paths]
     print(format_coverage(rows))
@@ -33,9 +35,15 @@ from .rewrite import random_inputs, rewrite, run
 CONV_OPS = ("Conv", "ConvTranspose")
 
 
-def coverage_summary(source, input_shapes=None, flops: float = 0.3, check: bool = True, seed: int = 0) -> dict:
+def coverage_summary(source, input_shapes=None, flops: float | None = 0.3, check: bool = True, seed: int = 0) -> dict:
     """Coverage of one model (path, ModelProto or Model) as plain data; never raises for a
-    problem of the model: a load or analysis error is reported under ``error``."""
+    problem of the model: a load or analysis error is reported under ``error``.
+
+    Keys: ``macs`` / ``conv_macs`` (at the analysis input shape), ``prunable_macs_share`` /
+    ``prunable_conv_share``, ``groups`` (total, prunable), ``blockers_by_op`` (op type -> share
+    of conv MACs it blocks), ``macs_blockers_by_op`` (the same over all MACs), ``blockers``
+    (exact reasons with their share of conv MACs), ``compress`` (``ok``, ``reduction``,
+    ``invariants`` or ``message``; absent when ``flops`` is None) and ``seconds``."""
     started = time.perf_counter()
     row: dict = {"model": "<proto>" if isinstance(source, onnx.ModelProto) else str(getattr(source, "path", None) or source)}
     try:
@@ -44,7 +52,8 @@ def coverage_summary(source, input_shapes=None, flops: float = 0.3, check: bool 
         row["error"] = str(exc)
         return row
     row.update(_macs(analysis, cost))
-    row["compress"] = _compress(model, flops, check, seed)
+    if flops is not None:
+        row["compress"] = _compress(model, flops, check, seed)
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row
 
@@ -58,6 +67,7 @@ def _macs(analysis: Analysis, cost) -> dict:
     conv_macs = prunable_conv = prunable_all = 0
     blocked_by_op: dict[str, int] = {}
     blocked_by_reason: dict[str, int] = {}
+    macs_blocked_by_op: dict[str, int] = {}
     reasons = _node_reasons(analysis)
     weight_dims: dict[int, list[int]] = {}
     for d in analysis.dims:
@@ -67,16 +77,19 @@ def _macs(analysis: Analysis, cost) -> dict:
         if not c.macs:
             continue
         prunable = any(d in prunable_dims for d in weight_dims.get(i, []))
-        prunable_all += c.macs if prunable else 0
+        if prunable:
+            prunable_all += c.macs
+        else:
+            reason = reasons.get(i) or _no_group_reason(nodes[i], i in weight_dims)
+            op = _reason_op(reason)
+            macs_blocked_by_op[op] = macs_blocked_by_op.get(op, 0) + c.macs
         if nodes[i].op not in CONV_OPS:
             continue
         conv_macs += c.macs
         if prunable:
             prunable_conv += c.macs
             continue
-        reason = reasons.get(i, f"{nodes[i].op} '{nodes[i].name}' has no channel group")
         blocked_by_reason[reason] = blocked_by_reason.get(reason, 0) + c.macs
-        op = _reason_op(reason)
         blocked_by_op[op] = blocked_by_op.get(op, 0) + c.macs
     share = lambda v: round(v / conv_macs, 4) if conv_macs else 0.0  # noqa: E731
     return {
@@ -86,8 +99,15 @@ def _macs(analysis: Analysis, cost) -> dict:
         "prunable_macs_share": round(prunable_all / total, 4) if total else 0.0,
         "groups": {"total": len(analysis.groups), "prunable": len(analysis.prunable_groups)},
         "blockers_by_op": {op: share(m) for op, m in sorted(blocked_by_op.items(), key=lambda x: -x[1])},
+        "macs_blockers_by_op": {op: round(m / total, 4) for op, m in sorted(macs_blocked_by_op.items(), key=lambda x: -x[1])},
         "blockers": [{"reason": r, "conv_macs_share": share(m)} for r, m in sorted(blocked_by_reason.items(), key=lambda x: -x[1])],
     }
+
+
+def _no_group_reason(node, has_weight: bool) -> str:
+    if has_weight:
+        return f"{node.op} '{node.name}' has no channel group"
+    return f"{node.op} '{node.name}' has no constant weight to slice (its operands are computed)"
 
 
 def _node_reasons(analysis: Analysis) -> dict[int, str]:
@@ -199,23 +219,48 @@ def _broadcast_zero_point(zp_axis, w: np.ndarray, index) -> np.ndarray:
     return full[tuple(index)]
 
 
-# --- text -------------------------------------------------------------------------------------
-def format_coverage(rows: list[dict]) -> str:
+# --- text ---------------------------------------------------------------------------------------
+def format_coverage(rows: list[dict], all_macs: bool = False) -> str:
     """A fixed-width table: model, source, conv GMACs, prunable share, result at the target,
-    and the top blockers by op type."""
-    header = f"{'model':<34} {'source':<12} {'conv GMACs':>10} {'prunable':>8}  {'at target':<28} blockers"
+    and the top blockers by op type (share of conv MACs).
+
+    ``all_macs``: the table of ``onnxprune inspect --summary``: no source column, the MACs of
+    every weighted layer (Conv, Gemm, MatMul) and their prunable share beside the conv columns,
+    and blockers by share of all MACs."""
+    if all_macs:
+        width = max([34] + [len(_name(r)) for r in rows])
+        header = (f"{'model':<{width}} {'GMACs':>8} {'prunable':>8} {'conv GMACs':>10} {'conv prunable':>13}  "
+                  f"{'at target':<28} blockers (share of MACs)")
+    else:
+        width = 34
+        header = f"{'model':<34} {'source':<12} {'conv GMACs':>10} {'prunable':>8}  {'at target':<28} blockers"
     lines = [header, "-" * len(header)]
     for r in rows:
-        name = str(r.get("name") or r.get("model"))[:34]
-        source = str(r.get("source", ""))[:12]
+        name = _name(r) if all_macs else _name(r)[:34]
+        lead = f"{name:<{width}}" if all_macs else f"{name:<34} {str(r.get('source', ''))[:12]:<12}"
         if "error" in r:
-            lines.append(f"{name:<34} {source:<12} {'':>10} {'':>8}  error: {r['error']}")
+            blank = f"{'':>8} {'':>8} {'':>10} {'':>13}" if all_macs else f"{'':>10} {'':>8}"
+            lines.append(f"{lead} {blank}  error: {r['error']}")
             continue
-        c = r.get("compress", {})
-        if c.get("ok"):
-            outcome = f"-{c['reduction']:.1%} FLOPs" + (" ✓ invariants" if c.get("invariants") else "")
+        outcome = _outcome(r)
+        if all_macs:
+            blockers = ", ".join(f"{op} {v:.0%}" for op, v in list(r.get("macs_blockers_by_op", {}).items())[:3]) or "-"
+            lines.append(f"{lead} {r['macs'] / 1e9:>8.3f} {r['prunable_macs_share']:>8.1%} {r['conv_macs'] / 1e9:>10.3f} "
+                         f"{r['prunable_conv_share']:>13.1%}  {outcome:<28} {blockers}")
         else:
-            outcome = "unreachable" if "cannot remove" in c.get("message", "") else "failed"
-        blockers = ", ".join(f"{op} {s:.0%}" for op, s in list(r.get("blockers_by_op", {}).items())[:3]) or "-"
-        lines.append(f"{name:<34} {source:<12} {r['conv_macs'] / 1e9:>10.3f} {r['prunable_conv_share']:>8.1%}  {outcome:<28} {blockers}")
+            blockers = ", ".join(f"{op} {v:.0%}" for op, v in list(r.get("blockers_by_op", {}).items())[:3]) or "-"
+            lines.append(f"{lead} {r['conv_macs'] / 1e9:>10.3f} {r['prunable_conv_share']:>8.1%}  {outcome:<28} {blockers}")
     return "\n".join(lines) + "\n"
+
+
+def _name(r: dict) -> str:
+    return str(r.get("name") or r.get("model"))
+
+
+def _outcome(r: dict) -> str:
+    if "compress" not in r:
+        return "-"
+    c = r["compress"]
+    if c.get("ok"):
+        return f"-{c['reduction']:.1%} FLOPs" + (" ✓ invariants" if c.get("invariants") else "")
+    return "unreachable" if "cannot remove" in c.get("message", "") else "failed"

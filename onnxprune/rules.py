@@ -15,7 +15,8 @@ import onnx
 
 from .analysis import BN_SCALE, DEPTHWISE, IN, OUT, Builder
 from .shape_rules import (
-    _in_axis, _passthrough, concat, expand, gather, pad, reshape, resize, slice_, split, tile, transpose,
+    _carries_none, _in_axis, _passthrough, _refuse_from, concat, expand, gather, pad, reshape, resize, slice_, split,
+    tile, transpose,
 )
 
 
@@ -41,6 +42,9 @@ def elementwise(node, b: Builder) -> None:
 
     Residual additions tie both branches; SE blocks tie the scale [N,C,1,1] to the features;
     a per-channel constant ([C,1,1] or [1,C,1,1]) is sliced with them; a scalar broadcasts.
+    The channel axis is the one the operands carry (the last one of a channels-last MatMul
+    output). Operands that carry none (a LayerNorm's output, a graph input) give an output
+    with none, not a guessed axis 1.
     """
     y = node.outputs[0]
     r = b.rank(y)
@@ -52,6 +56,10 @@ def elementwise(node, b: Builder) -> None:
         b.set_spread(y, b.spread[spread[0].name].then(b.model.index_of(node)))  # scaled by a scalar
         return
     axes = {b.axis_of(t) + (r - b.rank(t)) for t in node.inputs if b.axis_of(t) is not None}
+    none = [t for t in node.inputs if _carries_none(b, t)]
+    if not axes and none:
+        _refuse_from(b, none[0], [y])
+        return
     if len(axes) > 1:
         b.block_node(f"{node.op} '{node.name}' combines tensors whose channels are on different axes")
         return
@@ -202,6 +210,8 @@ def einsum(node, b: Builder) -> None:
     the weight axis consumes it and the weight's only new output letter produces the output
     channels; kept in the output it passes through (the weight, if it has that letter, is sliced
     with it, like a per-channel scale). Summed away without the weight, the channels block.
+    An input that carries no channels (a LayerNorm's output) is read like MatMul's: the one letter
+    it shares with the weight only is consumed, the weight's only new letter produces channels.
     """
     terms, out = _einsum_terms(node, b)
     if terms is None:
@@ -214,7 +224,14 @@ def einsum(node, b: Builder) -> None:
         return
     x, tx, y = node.inputs[xs[0]], terms[xs[0]], node.outputs[0]
     w, tw = (node.inputs[ws[0]], terms[ws[0]]) if ws else (None, "")
-    axis = _in_axis(b, x)
+    if _carries_none(b, x):
+        contracted = [c for c in tx if c in tw and c not in out]
+        if len(contracted) != 1:
+            _refuse_from(b, x, [y])
+            return
+        axis = tx.index(contracted[0])
+    else:
+        axis = _in_axis(b, x)
     letter = tx[axis]
     dx = b.dim(x, axis)
     if letter in out:
@@ -287,6 +304,9 @@ def reduce(node, b: Builder) -> None:
             b.block_node(f"{node.op} '{node.name}' reduces over all axes, channels included")
         return
     axes = [a % r for a in axes]
+    if _carries_none(b, x):
+        _refuse_from(b, x, [y])
+        return
     if axis in axes:
         b.block_node(f"{node.op} '{node.name}' reduces over the channel axis")
         return
@@ -301,6 +321,9 @@ def layer_norm(node, b: Builder) -> None:
     r = b.rank(x)
     first = int(node.attrs.get("axis", -1)) % r
     channel = _in_axis(b, x)
+    if _carries_none(b, x):
+        _refuse_from(b, x, node.outputs)
+        return
     if channel >= first:
         b.block_node(
             f"LayerNormalization '{node.name}' normalises over the channel axis {channel} of '{x.name}' "
@@ -346,7 +369,7 @@ def softmax(node, b: Builder) -> None:
     r, channel = b.rank(x), _in_axis(b, x)
     old = _opset(b) < 13  # before opset 13, Softmax normalised over all axes from `axis` on
     axis = int(node.attrs.get("axis", 1 if old else -1)) % r
-    if channel == axis or (old and channel > axis):
+    if not _carries_none(b, x) and (channel == axis or (old and channel > axis)):
         b.block_node(f"{node.op} '{node.name}' normalises over the channel axis")
         return
     _passthrough(node, b)
@@ -377,6 +400,9 @@ def quantize(node, b: Builder) -> None:
         return
     if r < 2:
         b.refuse(y, f"{node.op} '{node.name}': input '{x.name}' has no channel axis")
+        return
+    if _carries_none(b, x):
+        _refuse_from(b, x, [y])
         return
     axis = _in_axis(b, x)
     if per_channel and q_axis != axis:

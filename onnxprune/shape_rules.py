@@ -20,12 +20,32 @@ def _in_axis(b: Builder, t, default: int = 1) -> int:
     return default if axis is None else axis
 
 
+def _carries_none(b: Builder, t) -> bool:
+    """``t`` is a feature map whose producer defined no channels (a graph input, an op that
+    blocked, a LayerNormalization over the channels). An op that only moves channels then has
+    none to move, and its output carries none either: guessing axis 1 would put channels on a
+    token or spatial axis of a channels-last tensor ([N, L, C], [N, H, W, C]), and the MatMul
+    that reads it would no longer see its contraction axis as free to produce new channels."""
+    return bool(t.name) and b.axis_of(t) is None and not b.is_const(t) and t.name not in b.spread
+
+
+def _refuse_from(b: Builder, x, outputs) -> None:
+    """Outputs of an op that moves channels of ``x``, which has none: they have none, for
+    the reason ``x`` has none."""
+    for y in outputs:
+        if y.name:
+            b.refuse(y, b.why_undefined(x))
+
+
 def _passthrough(node, b: Builder, x=None, y=None) -> None:
     """Output channel i is input channel i, on the same axis."""
     x = node.inputs[0] if x is None else x
     y = node.outputs[0] if y is None else y
     if b.rank(x) < 2:
         b.refuse(y, f"{node.op} '{node.name}': input '{x.name}' has no channel axis")
+        return
+    if _carries_none(b, x):
+        _refuse_from(b, x, [y])
         return
     axis = _in_axis(b, x)
     b.tie(b.dim(x, axis), b.define(y, axis))
@@ -43,11 +63,12 @@ def resize(node, b: Builder) -> None:
     becomes the kept count, scales and the other sizes must not change."""
     x, y = node.inputs[0], node.outputs[0]
     axis = _in_axis(b, x)
-    if b.shape(y)[axis] != b.shape(x)[axis]:
+    none = _carries_none(b, x)
+    if not none and b.shape(y)[axis] != b.shape(x)[axis]:
         b.block_node(f"{node.op} '{node.name}' resizes the channel axis")
         return
     _passthrough(node, b)
-    dy = b.by_key.get((y.name, axis))
+    dy = None if none else b.by_key.get((y.name, axis))
     for pos, t in enumerate(node.inputs[1:], start=1):
         if not t.name or (node.op == "Resize" and pos == 1):
             continue  # roi does not depend on sizes
@@ -58,7 +79,7 @@ def resize(node, b: Builder) -> None:
         is_sizes = node.op == "Resize" and pos == 3
         if is_sizes or not b.is_const(t):
             values = values.reshape(-1).tolist()
-            b.expect(pos, [Kept(dy) if is_sizes and a == axis else Const(v) for a, v in enumerate(values)],
+            b.expect(pos, [Kept(dy) if is_sizes and a == axis and dy is not None else Const(v) for a, v in enumerate(values)],
                      "sizes" if is_sizes else "scales")
 
 
@@ -80,7 +101,7 @@ def pad(node, b: Builder) -> None:
             return
         axes = [a % r for a in values.tolist()]
     n = len(axes)
-    if axis in axes and (pads[axes.index(axis)] or pads[n + axes.index(axis)]):
+    if axis in axes and (pads[axes.index(axis)] or pads[n + axes.index(axis)]) and not _carries_none(b, x):
         b.block_node(f"Pad '{node.name}' pads the channel axis")
         return
     _passthrough(node, b)
@@ -96,6 +117,10 @@ def concat(node, b: Builder) -> None:
         return
     cat_axis = int(node.attrs["axis"]) % r
     axes = {b.axis_of(t) for t in node.inputs if b.axis_of(t) is not None}
+    none = [t for t in node.inputs if _carries_none(b, t)]
+    if not axes and none:
+        _refuse_from(b, none[0], [y])
+        return
     channel_axis = axes.pop() if len(axes) == 1 else (1 if not axes else None)
     if channel_axis is None:
         b.block_node(f"Concat '{node.name}' joins tensors whose channels are on different axes")
@@ -119,6 +144,11 @@ def split(node, b: Builder) -> None:
     r = b.rank(x)
     split_axis = int(node.attrs.get("axis", 0)) % r
     axis = _in_axis(b, x)
+    if _carries_none(b, x):
+        _refuse_from(b, x, node.outputs)
+        if len(node.inputs) > 1 and node.inputs[1].name and not b.is_const(node.inputs[1]):
+            b.expect(1, [Const(b.shape(y)[split_axis]) for y in node.outputs], "split sizes")
+        return
     if split_axis != axis:
         for y in node.outputs:
             _passthrough(node, b, x, y)
@@ -173,7 +203,7 @@ def slice_(node, b: Builder) -> None:
     axes = [a % r for a in params[2].tolist()] if params[2] is not None else list(range(len(starts)))
     steps = params[3].tolist() if params[3] is not None else [1] * len(starts)
     computed = [pos for pos, t in enumerate(node.inputs[1:5], start=1) if t.name and not b.is_const(t)]
-    if axis not in axes:
+    if axis not in axes or _carries_none(b, x):
         _passthrough(node, b)
         for pos in computed:
             b.expect(pos, [Const(v) for v in params[pos - 1].reshape(-1).tolist()], "bounds")
@@ -217,7 +247,7 @@ def _slice_v1(node, b: Builder, x, y, r, axis) -> None:
     """Slice-1 (opset < 10): bounds are attributes, patched directly."""
     starts, ends = list(node.attrs["starts"]), list(node.attrs["ends"])
     axes = [a % r for a in node.attrs.get("axes", range(len(starts)))]
-    if axis not in axes:
+    if axis not in axes or _carries_none(b, x):
         _passthrough(node, b)
         return
     i = axes.index(axis)
@@ -254,6 +284,11 @@ def gather(node, b: Builder) -> None:
     indices = b.int_values(idx)
     if indices is None:
         b.block_node(f"Gather '{node.name}' has indices computed at run time")
+        return
+    if _carries_none(b, x):
+        _refuse_from(b, x, [y])
+        if not b.is_const(idx):
+            b.expect(1, [Const(v) for v in indices.reshape(-1).tolist()], "indices")
         return
     if gaxis != channel:
         out_axis = channel if channel < gaxis else channel - 1 + indices.ndim
@@ -296,6 +331,9 @@ def expand(node, b: Builder) -> None:
         axes = [a - (ro - rx) if a >= ro - rx and b.shape(x)[a - (ro - rx)] == b.shape(y)[a] else None for a in range(ro)]
         b.alias(y, x, axes)
         required = [Const(v) if v == 1 else _alias_kept(b, y, k + lead) for k, v in enumerate(target)]
+    elif _carries_none(b, x):
+        _refuse_from(b, x, [y])
+        required = [Const(v) for v in target]
     else:
         axis = _in_axis(b, x)
         out_axis = axis + ro - rx
@@ -321,6 +359,8 @@ def tile(node, b: Builder) -> None:
     repeats = repeats.reshape(-1).tolist()
     if b.is_const(x):
         b.alias(y, x, [a if repeats[a] == 1 else None for a in range(b.rank(x))])
+    elif _carries_none(b, x):
+        _refuse_from(b, x, [y])
     else:
         axis = _in_axis(b, x)
         dx, dy = b.dim(x, axis), b.define(y, axis)
@@ -339,8 +379,8 @@ def transpose(node, b: Builder) -> None:
         b.set_spread(y, spread.then(b.model.index_of(node), axes=tuple(sorted(out_axes)),
                                     index=spread.index.transpose(order), shrink=perm.index(spread.shrink)))
         return
-    if b.axis_of(x) is None and not b.is_const(x):
-        b.refuse(y, b.why_undefined(x))  # no channel axis to move: say why, do not guess one
+    if _carries_none(b, x):
+        _refuse_from(b, x, [y])  # no channel axis to move: say why, do not guess one
         return
     axis = _in_axis(b, x)
     b.tie(b.dim(x, axis), b.define(y, perm.index(axis)))
@@ -362,6 +402,11 @@ def reshape(node, b: Builder) -> None:
     spread = b.spread_of(x)
     if b.is_const(x):
         return _reshape_constant(node, b, x, y)
+    if _carries_none(b, x):  # no channels: the target must keep giving the same shape
+        _refuse_from(b, x, [y])
+        if node.op == "Reshape":
+            _expect_reshape_target(node, b, [Const(v) for v in out_shape])
+        return
     if spread is None and (len(in_shape) < 2 or len(out_shape) < 1):
         b.block_node(f"{node.op} '{node.name}': no channel axis")
         return

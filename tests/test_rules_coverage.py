@@ -306,6 +306,107 @@ def test_group_normalization_prunes_whole_groups(groups):
     assert groups in [grp.size for grp in analysis.prunable_groups]
 
 
+
+# --- channels-last transformer blocks (ViT [N, L, C], Swin [N, H, W, C]) ---------------------------
+def gelu(g, h, kind):
+    """GELU as exporters write it: one Gelu op (opset 20) or torch's Erf chain."""
+    if kind == "Gelu":
+        return g.op("Gelu", [h])
+    s = g.op("Div", [h, g.const(np.array(1.4142135, dtype=np.float32))])
+    e = g.op("Add", [g.op("Erf", [s]), g.const(np.array(1.0, dtype=np.float32))])
+    return g.op("Mul", [g.op("Mul", [h, e]), g.const(np.array(0.5, dtype=np.float32))])
+
+
+def linear(g, x, cin, cout, kind="MatMul"):
+    """x @ W + b over the last axis (torch's Linear), as MatMul or as Einsum."""
+    if kind == "Einsum":
+        y = g.op("Einsum", [x, g.w(cin, cout)], equation="...c,cd->...d")
+    else:
+        y = g.op("MatMul", [x, g.w(cin, cout)])
+    return g.op("Add", [y, g.w(cout)])
+
+
+def mlp_block(g, x, c, act="erf", norm=True, first="MatMul"):
+    """x + fc2(GELU(fc1(LayerNorm(x)))) with fc1: C -> 4C over the last (channel) axis."""
+    h = g.op("LayerNormalization", [x, g.w(c), g.w(c)], axis=-1) if norm else x
+    h = gelu(g, linear(g, h, c, 4 * c, first), act)
+    return g.op("Add", [x, linear(g, h, 4 * c, c)])
+
+
+def hidden_groups(analysis, c):
+    """Prunable groups of 4C channels that the first MatMul produces and the second consumes."""
+    out = []
+    for grp in analysis.prunable_groups:
+        roles = {analysis.dims[d].role for d in grp.dims}
+        if grp.size == 4 * c and {"out", "in"} <= roles:
+            out.append(grp)
+    return out
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["no-norm", "layernorm"])
+@pytest.mark.parametrize("act", ["erf", "Gelu"])
+def test_token_mlp_hidden_channels(norm, act):
+    """[N, L, C] graph input -> (LayerNorm over C) -> MLP -> residual Add, twice: the channels
+    are on the last axis; a LayerNorm's output carries none, and the MatMul after it produces
+    its 4C hidden channels instead of reading the token axis as the channel axis."""
+    g = G(opset=20 if act == "Gelu" else 17)
+    c = 8
+    x = mlp_block(g, mlp_block(g, "x", c, act, norm), c, act, norm)
+    analysis = check_invariants(g.model(x, in_shape=(1, 5, c)), seeds=range(6))
+    assert len(hidden_groups(analysis, c)) == 2, [(grp.size, grp.blocked) for grp in analysis.groups]
+
+
+def test_token_mlp_with_einsum_after_layernorm():
+    g = G()
+    c = 6
+    x = mlp_block(g, mlp_block(g, "x", c, first="Einsum"), c, first="Einsum")
+    analysis = check_invariants(g.model(x, in_shape=(1, 4, c)), seeds=range(6))
+    assert len(hidden_groups(analysis, c)) == 2
+
+
+def vit_stream(g, c, patch=2):
+    """Conv patch embedding -> Reshape [N, C, L] -> Transpose [N, L, C]: channels on axis 2."""
+    p = g.conv("x", 3, c, k=patch, stride=patch)
+    p = g.op("Reshape", [p, i64(g, [0, c, -1])])
+    return g.op("Transpose", [p], perm=[0, 2, 1])
+
+
+def test_vit_encoder_mlp_hidden_channels():
+    """ViT: the residual stream (patch embedding's channels) is pinned by the LayerNorms over
+    it, with the LayerNorm named; the MLP hidden channels of every block are prunable."""
+    g = G()
+    c = 8
+    x = vit_stream(g, c)
+    for _ in range(2):
+        x = mlp_block(g, x, c)
+    head = g.op("MatMul", [g.op("ReduceMean", [x], axes=[1], keepdims=0), g.w(c, 5)])
+    analysis = check_invariants(g.model(head), seeds=range(6))
+    assert len(hidden_groups(analysis, c)) == 2
+    stream = next(grp for grp in analysis.groups if grp.size == c and any(analysis.dims[d].role == "out" and
+                  analysis.dims[d].tensor.startswith("w") and len(analysis.model.tensors[analysis.dims[d].tensor].shape) == 4
+                  for d in grp.dims))
+    assert any("LayerNormalization" in r and "normalises over the channel axis" in r for r in stream.blocked)
+
+
+@pytest.mark.parametrize("patch_norm", [False, True], ids=["plain", "patch-norm"])
+def test_swin_style_channels_last_blocks(patch_norm):
+    """Swin: Conv -> Transpose [N, H, W, C] -> LayerNorm (patch norm) -> blocks of
+    LayerNorm -> MatMul (attention stand-in) -> Add and LayerNorm -> MLP -> Add, a head over
+    the mean of H, W. The LayerNorm after the patch norm reads a tensor without channels: it
+    passes none on (it used to define them on axis 1, H, and the MLP then found no channels)."""
+    g = G(seed=5)
+    c = 8
+    x = g.op("Transpose", [g.conv("x", 3, c, k=2, stride=2)], perm=[0, 2, 3, 1])
+    if patch_norm:
+        x = g.op("LayerNormalization", [x, g.w(c), g.w(c)], axis=-1)
+    for _ in range(2):
+        attn = linear(g, g.op("LayerNormalization", [x, g.w(c), g.w(c)], axis=-1), c, c)
+        x = mlp_block(g, g.op("Add", [x, attn]), c)
+    head = g.op("MatMul", [g.op("ReduceMean", [x], axes=[1, 2], keepdims=0), g.w(c, 5)])
+    analysis = check_invariants(g.model(head), seeds=range(6))
+    assert len(hidden_groups(analysis, c)) == 2, [(grp.size, grp.blocked) for grp in analysis.groups]
+    assert any("LayerNormalization" in r and "normalises over the channel axis" in r for r in reasons(analysis))
+
 # --- Einsum ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("equation,wshape", [("bchw,oc->bohw", (5, 6)), ("nchw,co->nohw", (6, 5)),
                                              ("...chw,oc->...ohw", (5, 6)), ("bchw,c->bchw", (6,))])
