@@ -38,6 +38,9 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--reconstruct", type=click.Choice(["none", "local", "ldrf"]),
               help="Compensate removed channels in the next layers [default: ldrf with --data, else none].")
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(), help="Reuse a saved `onnxprune sensitivity` JSON.")
+@click.option("--sensitivity-metric", type=click.Choice(["accuracy_drop", "kl", "disagreement", "error"]),
+              help="Damage measure of --allocation sensitivity [default: accuracy_drop with labels, else kl "
+                   "(classifiers) or error].")
 @click.option("--max-ratio", type=float, default=0.8, show_default=True, help="Most of any group's channels that may go.")
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Fewest channels any group keeps.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Kept channel counts are multiples of N (fast kernels).")
@@ -56,7 +59,8 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, nothing printed on success.")
-def compress(model, flops, params, output, plan_path, criterion, allocation, reconstruct, sensitivity_path, max_ratio,
+def compress(model, flops, params, output, plan_path, criterion, allocation, reconstruct, sensitivity_path,
+             sensitivity_metric, max_ratio,
              min_channels, round_to, seed, rank_early_stop, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
              finetune_data, epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels,
              report_path, force, as_json, quiet):
@@ -97,6 +101,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         target=target, criterion=criterion, allocation=allocation, limits=Limits(max_ratio, min_channels, round_to),
         reconstruct=reconstruct, seed=seed, calib_batches=calib_batches, batch_size=batch_size,
         eval_images=eval_images, providers=_providers(device), rank_early_stop=rank_early_stop,
+        sensitivity_metric=sensitivity_metric,
     )
     with Progress(quiet or as_json) as progress:
         result = run_compress(model, settings, parse_input_shapes(input_shapes), data=data, eval_data=eval_data,

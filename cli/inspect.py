@@ -12,12 +12,14 @@ from .common import input_shape_option, output_path, parse_input_shapes, read_pl
 SUMMARY_FORMAT = "onnxprune.coverage/1"
 
 DATA_FREE_CRITERIA = ["l1", "l2", "fpgm", "bn_scale", "random"]
+DATA_CRITERIA = ["hrank", "apoz", "mean_activation"]
 
 EXAMPLES_INSPECT = """
 \b
 Examples:
   onnxprune inspect model.onnx
   onnxprune inspect model.onnx --format html                 # writes model.report.html
+  onnxprune inspect model.onnx --data calib.npz --format html -o report.html   # + HRank score distributions
   onnxprune inspect model.onnx --plan model.pruned.plan.json -o report.html --criterion l1
   onnxprune inspect model.onnx --json | jq .blockers
   onnxprune inspect a.onnx b.onnx --summary                  # prunable share of MACs, blockers by op type
@@ -40,7 +42,10 @@ Examples:
               help="Write the report to FILE instead of stdout (html: default MODEL.report.html).")
 @click.option("--plan", "plan_path", type=click.Path(),
               help="Add before/after per layer and measured latency for this plan (from compress).")
-@click.option("--criterion", type=click.Choice(DATA_FREE_CRITERIA),
+@click.option("--data", type=click.Path(),
+              help="Calibration data (.npz/.npy/images): score distributions per group (HRank by default) and "
+                   "recommended safe ratios.")
+@click.option("--criterion", type=click.Choice(DATA_FREE_CRITERIA + DATA_CRITERIA),
               help="Add each group's distribution of these channel scores, with recommended ratios.")
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(),
               help="Add sensitivity curves (onnxprune.sensitivity/1 JSON) with each group's safe ratio.")
@@ -50,7 +55,7 @@ Examples:
               help="Latency with --plan: onnxruntime intra-op threads.")
 @input_shape_option
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path, criterion, sensitivity_path, runs,
+def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path, data, criterion, sensitivity_path, runs,
             threads, input_shapes, force):
     """Per-layer MACs/params, the channel groups, and every blocked group with its reason.
 
@@ -62,7 +67,7 @@ def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path
     ctx = click.get_current_context()
     if summary:
         return inspect_summary(models, None if no_compress else flops, fmt, output, parse_input_shapes(input_shapes), force,
-                               [o for o in ("plan_path", "criterion", "sensitivity_path", "runs", "threads")
+                               [o for o in ("plan_path", "data", "criterion", "sensitivity_path", "runs", "threads")
                                 if ctx.get_parameter_source(o) == click.core.ParameterSource.COMMANDLINE])
     for name in ("flops", "no_compress"):
         if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
@@ -77,8 +82,10 @@ def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path
     plan = read_plan(plan_path) if plan_path else None
     sensitivity = read_sensitivity(sensitivity_path) if sensitivity_path else None
     settings = ReportSettings(latency_runs=runs, threads=threads)
+    if criterion in DATA_CRITERIA and data is None:
+        raise click.UsageError(f"--criterion {criterion} scores feature maps: give --data")
     report = build_report(model, plan=plan, input_shapes=parse_input_shapes(input_shapes), criterion=criterion,
-                          sensitivity=sensitivity, settings=settings)
+                          sensitivity=sensitivity, settings=settings, data=data)
     text = render(report, fmt)
     if out is None:
         click.echo(text, nl=False)

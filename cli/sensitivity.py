@@ -21,6 +21,9 @@ Examples:
 @click.option("--criterion", type=click.Choice(["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]),
               default="hrank", show_default=True, help="Order in which each group's channels are removed.")
 @click.option("--eval-images", type=int, default=512, show_default=True, help="Images per evaluation.")
+@click.option("--metric", type=click.Choice(["accuracy_drop", "kl", "disagreement", "error"]),
+              help="Damage measure [default: accuracy_drop with labels, else kl for classifiers, error otherwise]. "
+                   "kl is smoother than a top-1 drop on a few hundred images (docs/ACCURACY.md).")
 @click.option("--reconstruct", type=click.Choice(["local", "none"]), default="local", show_default=True,
               help="Measure each candidate after local reconstruction (what compress's default ldrf leaves) "
                    "or after plain removal (for --reconstruct none).")
@@ -29,7 +32,7 @@ Examples:
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def sensitivity(model, data, output, plot, criterion, eval_images, reconstruct, device, input_shapes, force, as_json, quiet):
+def sensitivity(model, data, output, plot, criterion, eval_images, metric, reconstruct, device, input_shapes, force, as_json, quiet):
     """Prune each channel group alone at 10%..90% and measure the damage on the data."""
     from onnxprune.graph import write_bytes_atomic
     from onnxprune.pipeline import sensitivity_analysis
@@ -40,7 +43,7 @@ def sensitivity(model, data, output, plot, criterion, eval_images, reconstruct, 
     out = output_path(model, output, ".sensitivity.json", force)
     with Progress(quiet or as_json) as progress:
         sens, _ = sensitivity_analysis(model, data, criterion, parse_input_shapes(input_shapes), eval_images,
-                                       progress=progress, providers=_providers(device), reconstruct=reconstruct)
+                                       progress=progress, providers=_providers(device), reconstruct=reconstruct, metric=metric)
     write_bytes_atomic(out, sens.to_json().encode())
     if plot:
         plot_sensitivity(sens, plot)

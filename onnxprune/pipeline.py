@@ -47,6 +47,7 @@ class Settings:
     batch_size: int | None = None
     eval_images: int = 512  # sensitivity evaluation images (first N of the evaluation data)
     rank_early_stop: float | None = None  # HRank early stop tolerance (rank units, patience 32 images)
+    sensitivity_metric: str | None = None  # None: accuracy_drop with labels, else kl (classifiers) or error
     providers: tuple | None = None
 
 
@@ -146,7 +147,8 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     if settings.allocation == "sensitivity":
         if sensitivity is None:
             evaluator = _evaluator(analysis, evalset or dataset, settings, dataset if mode != "none" else None)
-            sensitivity = measure_sensitivity(analysis, evaluator, scores, criterion, progress=stage("sensitivity"))
+            sensitivity = measure_sensitivity(analysis, evaluator, scores, criterion, metric=settings.sensitivity_metric,
+                                              progress=stage("sensitivity"))
             timer.lap("sensitivity")
         else:
             sensitivity.check(analysis)
@@ -231,7 +233,7 @@ def _evaluator(analysis: Analysis, dataset, settings: Settings, calibration=None
 
 def sensitivity_analysis(source, data, criterion: str | None = None, input_shapes=None, eval_images: int = 512,
                          seed: int = 0, progress=None, providers=None,
-                         reconstruct: str = "local") -> tuple[Sensitivity, Analysis]:
+                         reconstruct: str = "local", metric: str | None = None) -> tuple[Sensitivity, Analysis]:
     """The per-group sensitivity curves alone (``onnxprune sensitivity``); ``reconstruct``
     "local" measures each candidate after local reconstruction, "none" after plain removal."""
     if reconstruct not in ("local", "none"):
@@ -249,7 +251,7 @@ def sensitivity_analysis(source, data, criterion: str | None = None, input_shape
         scores = score_groups(analysis, criterion, seed=seed)
     evaluator = _evaluator(analysis, dataset, Settings(Target("flops", 0.5), eval_images=eval_images, providers=providers,
                                                        seed=seed), dataset if reconstruct == "local" else None)
-    sens = measure_sensitivity(analysis, evaluator, scores, criterion,
+    sens = measure_sensitivity(analysis, evaluator, scores, criterion, metric=metric,
                                progress=(lambda d, t: progress("sensitivity", d, t)) if progress else None)
     return sens, analysis
 

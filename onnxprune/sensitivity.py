@@ -31,6 +31,7 @@ from .reconstruct import Compensator
 from .rewrite import session
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+METRICS = ("accuracy_drop", "kl", "disagreement", "error")
 FORMAT = "onnxprune.sensitivity/1"
 
 
@@ -150,6 +151,15 @@ class MaskedEvaluator:
         if self.labels is not None and self.classifier:
             return "accuracy_drop"
         return "kl" if self.classifier else "error"
+
+    def check_metric(self, metric: str) -> None:
+        """One-line errors for a metric the data or the model cannot give."""
+        if metric not in METRICS:
+            raise DataError(f"unknown sensitivity metric {metric!r}; available: {', '.join(METRICS)}")
+        if metric == "accuracy_drop" and self.labels is None:
+            raise DataError("sensitivity metric accuracy_drop needs labels in the evaluation data")
+        if metric in ("kl", "disagreement") and not self.classifier:
+            raise DataError(f"sensitivity metric {metric} needs a classifier's [N, classes] output; use error")
 
     def damage(self, metrics: dict[str, float], metric: str) -> float:
         """The metric, plus 1e-4 x the (capped) output error as a tie-break: top-1 based metrics
@@ -295,6 +305,7 @@ def measure_sensitivity(
     (``MaskedEvaluator.focus_on``)."""
     start = time.perf_counter()
     metric = metric or evaluator.default_metric
+    evaluator.check_metric(metric)
     order = ranked(scores)
     curves, details = {}, {}
     total, done = len(scores) * len(ratios), 0

@@ -156,3 +156,20 @@ def test_rank_early_stop_uses_fewer_images_and_says_so(capsys, model, tmp_path):
     for bad in (["--rank-early-stop", "0"], ["--rank-early-stop", "0.1", "--criterion", "apoz"]):
         code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", data, *bad, "-o", tmp_path / "x.onnx")
         assert code == 1 and "--rank-early-stop" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sensitivity_metric_choice_and_errors(capsys, model, tmp_path):
+    """--metric picks the damage measure (kl with labels present); a metric the data cannot give
+    is a one-line error."""
+    data = write_data(tmp_path / "calib.npz")
+    code, out, err = run_cli(capsys, "sensitivity", model, "--data", data, "--metric", "kl", "-o", tmp_path / "s.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "s.json").read_text())["metric"] == "kl"
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--data", data, "--allocation", "sensitivity",
+                             "--sensitivity-metric", "disagreement", "--reconstruct", "none", "--json")
+    assert code == 0, err
+    assert json.loads(out)["sensitivity"]["metric"] == "disagreement"
+    unlabelled = write_data(tmp_path / "u.npz", labels=False)
+    code, _, err = run_cli(capsys, "sensitivity", model, "--data", unlabelled, "--metric", "accuracy_drop",
+                           "-o", tmp_path / "u.json")
+    assert code == 1 and "needs labels" in err and len(err.strip().splitlines()) == 1

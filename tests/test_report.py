@@ -547,3 +547,20 @@ def test_report_api_is_exported_lazily():
             "from onnxprune import build_report; print('onnxprune.report' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["[]", "True"]
+
+
+def test_inspect_with_data_scores_channels_on_feature_maps(capsys, tmp_path):
+    """`inspect --data` runs a calibration pass: HRank score distributions per group (on the
+    tensor named in the group's ``output``), with the images and provider used; a data criterion
+    without data is a usage error."""
+    root = Path(__file__).resolve().parents[1]
+    sample = np.load(root / "models" / "fmnist_sample.npz")
+    np.savez(tmp_path / "calib.npz", input=sample["input"][:64])
+    code, out, err = run_cli(capsys, "inspect", root / "models" / "resnet20_fmnist.onnx", "--data", tmp_path / "calib.npz",
+                             "--json")
+    assert code == 0, err
+    scores = json.loads(out)["scores"]
+    assert scores["criterion"] == "hrank" and scores["calibration"]["images"] == 64
+    assert len(scores["groups"]) >= 10
+    code, _, err = run_cli(capsys, "inspect", root / "models" / "resnet20_fmnist.onnx", "--criterion", "apoz")
+    assert code == 2 and "give --data" in err
