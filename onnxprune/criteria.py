@@ -34,7 +34,9 @@ def _per_channel(group: ChannelGroup, dim_id: int, atom_values: np.ndarray) -> n
 def _weight_rows(analysis: Analysis, dim_id: int) -> np.ndarray:
     """The weight as a matrix with one row per atom of the dim (the dim's axis first)."""
     d = analysis.dims[dim_id]
-    w = np.asarray(analysis.model.tensors[d.tensor].values, dtype=np.float64)
+    w = np.asarray(analysis.model.tensors[d.tensor].values)
+    dq = analysis.model.dequantizers.get(d.tensor)
+    w = dq.dequantize(w) if dq is not None else w.astype(np.float64)  # int8 values mean nothing alone
     return np.moveaxis(w, d.axis, 0).reshape(w.shape[d.axis], -1)
 
 

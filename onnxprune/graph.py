@@ -18,6 +18,7 @@ Both views have the same nodes in the same order, so a node is identified by its
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import os
 import stat
@@ -54,6 +55,13 @@ class Model:
     @property
     def tensors(self) -> dict[str, gs.Tensor]:
         return self.graph.tensors()
+
+    @functools.cached_property
+    def dequantizers(self):
+        """Integer weights read by DequantizeLinear: name -> ``quant.Dequant``."""
+        from .quant import dequantizers
+
+        return dequantizers(self.proto)
 
 
 def read_model(path: str | os.PathLike) -> onnx.ModelProto:

@@ -120,6 +120,8 @@ def find_consumers(analysis: Analysis) -> list[Consumer]:
         node = graph.nodes[d.node]
         if node.op not in LINEAR_CONSUMERS:
             continue
+        if not np.issubdtype(np.asarray(analysis.model.tensors[d.tensor].values).dtype, np.floating):
+            continue  # an integer weight behind DequantizeLinear: a float fold would need requantising
         observed = _observed_tensor(analysis, node.inputs[0])
         if observed is None:
             continue

@@ -118,7 +118,8 @@ class MaskedEvaluator:
                 w = self.weights[d.tensor].copy() if w is None else w
                 index = [slice(None)] * w.ndim
                 index[d.axis] = removed
-                w[tuple(index)] = 0
+                dq = self.analysis.model.dequantizers.get(d.tensor)
+                w[tuple(index)] = 0 if dq is None else dq.zeros_like(w)[tuple(index)]  # int8: the zero point
                 out[d.tensor] = w
         if self.compensator is not None and compensate:
             out.update(self.compensator.weights(keep))

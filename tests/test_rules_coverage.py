@@ -540,3 +540,38 @@ def test_onnxruntime_quantize_static_graph(tmp_path):
     assert any(n.op_type == "DequantizeLinear" for n in quantized.graph.node)
     analysis = check_qdq(quantized, seeds=range(4))
     assert len(analysis.prunable_groups) >= 2
+
+
+def _qdq_classifier():
+    g = G()
+    a = g.op("Relu", [qdq_conv(g, qdq_act(g, "x"), 3, 6)])
+    b = g.op("Relu", [qdq_conv(g, qdq_act(g, a), 6, 8)])
+    return g.model(g.head(qdq_act(g, b), 8))
+
+
+def test_qdq_masked_evaluation_scores_and_reconstruction():
+    """Integer weights behind DequantizeLinear: the sensitivity session masks removed channels
+    with the zero point (so it computes what the pruned model computes), magnitude criteria
+    read dequantised values, and reconstruction leaves the integer weights alone."""
+    from onnxprune.criteria import score_groups
+    from onnxprune.reconstruct import find_consumers
+    from onnxprune.sensitivity import MaskedEvaluator
+
+    analysis = analyse(load_model(_qdq_classifier()))
+    model = analysis.model
+    feeds = random_inputs(model.proto, model.input_shapes, seed=5)
+    ev = MaskedEvaluator(analysis, [feeds])
+    for seed in range(4):
+        keep = random_keep(analysis, np.random.default_rng(seed))
+        want = run(rewrite(analysis, keep), feeds)[0]
+        np.testing.assert_allclose(ev.outputs(keep)[0], want, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(want).max())))
+    dq = model.dequantizers
+    assert set(dq) == {t for t in dq if np.asarray(model.tensors[t].values).dtype == np.int8} and len(dq) == 2
+    for gid, scores in score_groups(analysis, "l1").items():
+        group = analysis.groups[gid]
+        d = next(analysis.dims[i] for i in group.dims if analysis.dims[i].tensor in dq and analysis.dims[i].axis == 0)
+        q = np.asarray(model.tensors[d.tensor].values)
+        w = dq[d.tensor].dequantize(q)
+        l1 = np.abs(w).reshape(len(w), -1).sum(1)
+        assert np.argsort(scores).tolist() == np.argsort(l1 / l1.max()).tolist() or np.corrcoef(scores, l1)[0, 1] > 0.99
+    assert all(np.asarray(model.tensors[c.weight].values).dtype.kind == "f" for c in find_consumers(analysis))
