@@ -8,7 +8,7 @@ rewrite, verify. The CLI calls these; they return data and never print.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -47,6 +47,7 @@ class Settings:
     batch_size: int | None = None
     eval_images: int = 512  # sensitivity evaluation images (first N of the evaluation data)
     rank_early_stop: float | None = None  # HRank early stop tolerance (rank units, patience 32 images)
+    round_to_fallback: bool = False  # retry with round_to 1 where limits.round_to makes the target unreachable
     sensitivity_metric: str | None = None  # None: accuracy_drop with labels, else kl (classifiers) or error
     providers: tuple | None = None
 
@@ -152,11 +153,26 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
             timer.lap("sensitivity")
         else:
             sensitivity.check(analysis)
-        allocation = allocate_sensitivity(analysis, cost, scores, sensitivity, settings.target, settings.limits)
-    elif settings.allocation == "global":
-        allocation = allocate_global(analysis, cost, scores, settings.target, settings.limits)
-    else:
-        allocation = allocate_uniform(analysis, cost, scores, settings.target, settings.limits)
+
+    def allocate(limits: Limits) -> Allocation:
+        if settings.allocation == "sensitivity":
+            return allocate_sensitivity(analysis, cost, scores, sensitivity, settings.target, limits)
+        if settings.allocation == "global":
+            return allocate_global(analysis, cost, scores, settings.target, limits)
+        return allocate_uniform(analysis, cost, scores, settings.target, limits)
+
+    limits, round_to_note = settings.limits, None
+    try:
+        allocation = allocate(limits)
+    except TargetError:
+        if not settings.round_to_fallback or limits.round_to == 1:
+            raise
+        # Kept counts in multiples of N keep onnxruntime's fast kernels but cap small models:
+        # meet the target with exact counts rather than fail (the summary says so).
+        round_to_note = (f"--round-to {limits.round_to} cannot reach the target on this model: kept channel counts "
+                         "are exact (round_to 1), which may run slower than rounded ones (docs/LATENCY.md)")
+        limits = replace(limits, round_to=1)
+        allocation = allocate(limits)
     timer.lap("allocation")
 
     pruned = rewrite(analysis, allocation.keep)
@@ -175,7 +191,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         "target": asdict(settings.target),
         "criterion": criterion,
         "allocation": settings.allocation,
-        "limits": asdict(settings.limits),
+        "limits": asdict(limits),
         "reconstruct": mode,
         "seed": settings.seed,
         "uniform_ratio": allocation.ratio,
@@ -185,6 +201,9 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     plan = make_plan(analysis, allocation.kept, record, predicted)
     summary = summarise(analysis, allocation, criterion, timer)
     summary["reconstruct"] = mode
+    summary["round_to"] = limits.round_to
+    if round_to_note:
+        summary["notes"] = [round_to_note]
     if recon_report is not None:
         summary["reconstruction"] = {"fitted": len(recon_report.fitted), "fallback": len(recon_report.fallback),
                                      "passes": recon_report.passes}
