@@ -89,6 +89,24 @@ class _Batches:
             yield batch
 
 
+RECON_MEMORY_BUDGET = 1 << 30  # bytes of activations alive at once while reconstruction streams
+
+
+def recon_batch_size(analysis: Analysis, requested: int | None = None) -> int:
+    """Images per reconstruction batch: every tensor the fits observe is alive at once for the
+    whole batch (twice for ldrf: original and pruned), so the batch follows a memory budget
+    (64 images of ResNet-50 at 224 held 8 GB). Deterministic from the model alone, so
+    ``apply`` streams the same batches as ``compress`` and reproduces the fitted weights."""
+    if requested:
+        return requested
+    from .reconstruct import find_consumers
+
+    tensors = analysis.model.tensors
+    per_image = sum(4 * int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in tensors[n].shape or []]))
+                    for n in {c.observed for c in find_consumers(analysis)})
+    return int(min(64, max(1, RECON_MEMORY_BUDGET // max(2 * per_image, 1))))
+
+
 def prepare(source, input_shapes=None) -> tuple[Model, Analysis, CostModel]:
     model = source if isinstance(source, Model) else load_model(source, input_shapes)
     analysis = analyse(model)
@@ -179,7 +197,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     timer.lap("rewrite")
     recon_report = None
     if mode != "none":
-        batches = _Batches(dataset, settings.batch_size or 64, settings.calib_batches)
+        batches = _Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches)
         pruned, recon_report = reconstruct(analysis, allocation.keep, pruned, batches, mode=mode, seed=settings.seed,
                                            progress=stage("reconstruction"))
         timer.lap("reconstruction")
@@ -194,6 +212,8 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         "limits": asdict(limits),
         "reconstruct": mode,
         "seed": settings.seed,
+        "batch_size": settings.batch_size,
+        "calib_batches": settings.calib_batches,
         "uniform_ratio": allocation.ratio,
         "input_shapes": {k: list(v) for k, v in model.input_shapes.items()},
     }
@@ -245,7 +265,8 @@ def _evaluator(analysis: Analysis, dataset, settings: Settings, calibration=None
     batches = list(subset.batches(settings.batch_size or 128))
     compensator = None
     if calibration is not None:
-        compensator = Compensator(analysis, _Batches(calibration, settings.batch_size or 64, settings.calib_batches),
+        compensator = Compensator(analysis, _Batches(calibration, recon_batch_size(analysis, settings.batch_size),
+                                                     settings.calib_batches),
                                   seed=settings.seed)
     return MaskedEvaluator(analysis, batches, subset.labels, settings.providers, compensator)
 
@@ -287,7 +308,9 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
     keep = analysis.keep_vector(plan_keep(analysis, plan))
     pruned = rewrite(analysis, keep)
     if mode != "none":
-        pruned, _ = reconstruct(analysis, keep, pruned, _Batches(dataset, 64), mode=mode, seed=plan.settings.get("seed", 0))
+        batches = _Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
+                           plan.settings.get("calib_batches"))
+        pruned, _ = reconstruct(analysis, keep, pruned, batches, mode=mode, seed=plan.settings.get("seed", 0))
     if check:
         verify(model.proto, pruned, model.input_shapes)
     return pruned

@@ -173,3 +173,25 @@ def test_sensitivity_metric_choice_and_errors(capsys, model, tmp_path):
     code, _, err = run_cli(capsys, "sensitivity", model, "--data", unlabelled, "--metric", "accuracy_drop",
                            "-o", tmp_path / "u.json")
     assert code == 1 and "needs labels" in err and len(err.strip().splitlines()) == 1
+
+
+def test_reconstruction_batches_follow_the_memory_budget_and_apply_reproduces_them(capsys, model, tmp_path, monkeypatch):
+    """Reconstruction streams batches sized from a memory budget (all observed tensors of a batch
+    are alive at once); the plan records what fixes the batches, so `apply` with the same data
+    reproduces the reconstructed model byte for byte, also with an explicit --batch-size."""
+    import onnxprune.pipeline as pipeline
+    from onnxprune import analyse, load_model
+
+    analysis = analyse(load_model(str(model)))
+    assert pipeline.recon_batch_size(analysis) == 64 and pipeline.recon_batch_size(analysis, 5) == 5
+    monkeypatch.setattr(pipeline, "RECON_MEMORY_BUDGET", 40_000)
+    assert 1 <= pipeline.recon_batch_size(analysis) < 8
+    data = write_data(tmp_path / "calib.npz")
+    for extra in ([], ["--batch-size", "7", "--calib-batches", "5"]):
+        out = tmp_path / f"p{len(extra)}.onnx"
+        code, _, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--data", data, "-o", out, *extra)
+        assert code == 0, err
+        again = tmp_path / f"a{len(extra)}.onnx"
+        code, _, err = run_cli(capsys, "apply", model, out.with_suffix(".plan.json"), "--data", data, "-o", again)
+        assert code == 0, err
+        assert digest(out) == digest(again)
