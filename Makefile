@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= out
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -29,8 +29,15 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
 
+# All benchmarks -> docs/*.md and the index docs/BENCHMARKS.md (several hours on 2 cores;
+# `make bench-quick` runs reduced configurations into /tmp/onnxprune-bench-quick in minutes).
 bench: setup
+	$(BIN)/pip install -q --no-deps 'torch-pruning>=1.5'
 	$(BIN)/python benchmarks/run_all.py
+
+bench-quick: setup
+	$(BIN)/pip install -q --no-deps 'torch-pruning>=1.5'
+	$(BIN)/python benchmarks/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis
