@@ -464,6 +464,7 @@ def _moments(analysis: Analysis, atoms: np.ndarray, pruned: onnx.ModelProto | No
                 pick = rng.choice(t.shape[1], size=max_positions * len(next(iter(batch.values()))), replace=False)
                 t, z = t[:, pick], (None if z is None else z[:, pick])
             moments[name].update(t, z)
+        del outs_a, outs_b  # before the next batch runs: two batches of activations never coexist
     return moments
 
 

@@ -1,0 +1,425 @@
+"""Run the benchmark scripts and write docs/BENCHMARKS.md: an index of their headline numbers.
+
+    python benchmarks/run_all.py                          # every script, full configuration -> docs/
+    python benchmarks/run_all.py --only latency,tool_cost # just these; the other sections are kept
+    python benchmarks/run_all.py --quick                  # reduced configurations -> /tmp/onnxprune-bench-quick/
+    python benchmarks/run_all.py --list                   # the scripts and their commands
+
+Each script runs in its own subprocess, one after the other (they time things: never two at once).
+Per script the index gives a short summary read from the script's own output (its JSON, its
+Markdown or its printed table), the exact command, its run time, the machine, the date and the
+load average before/after, and links to the detailed doc. The run records are kept in
+BENCHMARKS.json beside the index, so ``--only`` re-runs some sections and keeps the others.
+
+``--quick`` passes ``--quick`` to the scripts that have it and gives the others a reduced
+configuration; so that a smoke test never overwrites the real tables, it writes everything under
+``--docs`` (default /tmp/onnxprune-bench-quick) instead of docs/ (coverage.py has no output option:
+in quick mode it runs with ``--no-write``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import ROOT, machine  # noqa: E402
+
+QUICK_DOCS = Path(tempfile.gettempdir()) / "onnxprune-bench-quick"
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    title: str
+    what: str
+    doc: str | None  # the detailed doc the script writes (file name in the docs dir)
+    full: Callable[[Path, Path], list[str]]  # (docs dir, scratch dir) -> arguments
+    quick: Callable[[Path, Path], list[str]]
+    summary: Callable[[dict, Path, Path], list[str]]  # (record, docs dir, scratch dir) -> bullet lines
+    hand_doc: str | None = None  # a hand-written doc in docs/ about the same measurements
+
+    @property
+    def script(self) -> Path:
+        return HERE / f"{self.name}.py"
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _md_rows(text: str, after: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the first Markdown table following the line that contains ``after``."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if after in line), None)
+    if start is None:
+        return [], []
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    if len(rows) < 2:
+        return [], []
+    return rows[0], rows[2:]
+
+
+def sum_accuracy(rec: dict, docs: Path, scratch: Path) -> list[str]:
+    log = _read_json(docs / "ACCURACY.json")
+    text = (docs / "ACCURACY.md").read_text() if (docs / "ACCURACY.md").exists() else ""
+    _, base = _md_rows(text, "## Unpruned models")
+    out = []
+    if base:
+        out.append("Unpruned top-1: " + ", ".join(f"{r[0]} {r[1]}" for r in base) + ".")
+    if isinstance(log, list):
+        rec_rows = [r for r in log if r.get("table") == "reconstruction" and r.get("top1") is not None]
+        for model in dict.fromkeys(r["model"] for r in rec_rows):
+            parts = []
+            for f in sorted({r["flops"] for r in rec_rows if r["model"] == model}):
+                def best(mode):
+                    xs = [r for r in rec_rows if r["model"] == model and r["flops"] == f and r["reconstruct"] == mode]
+                    return max(xs, key=lambda r: r["top1"]) if xs else None
+                ldrf, none = best("ldrf"), best("none")
+                if ldrf and none:
+                    parts.append(f"{f:.0%} FLOPs: {ldrf['top1']:.3f} with ldrf ({ldrf['criterion']}) vs "
+                                 f"{none['top1']:.3f} without reconstruction")
+            if parts:
+                out.append(f"{model}, best criterion, no fine-tuning: " + "; ".join(parts) + ".")
+    return out
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell.strip().rstrip("%"))
+    except ValueError:
+        return None
+
+
+def sum_finetune(rec: dict, docs: Path, scratch: Path) -> list[str]:
+    path = docs / "FINETUNE.md"
+    if not path.exists():
+        return []
+    header, rows = _md_rows(path.read_text(), "## Pruned, then fine-tuned")
+    need = ("model", "FLOPs target", "method", "fine-tuning", "before")
+    if not header or any(h not in header for h in need):
+        return []
+    col = {h: i for i, h in enumerate(header)}
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        if len(r) == len(header):
+            groups.setdefault((r[col["model"]], r[col["FLOPs target"]]), []).append(r)
+    out = []
+    for (model, target), rs in groups.items():
+        parts = []
+        before = [r for r in rs if _number(r[col["before"]]) is not None]
+        if before:
+            best = max(before, key=lambda r: _number(r[col["before"]]))
+            parts.append(f"before fine-tuning best {best[col['method']]} {best[col['before']]}")
+        tuned = [r for r in rs if _number(r[-1]) is not None]
+        if tuned:
+            parts.append(f"{header[-1]}: " + ", ".join(f"{r[col['method']]} ({r[col['fine-tuning']]}) {r[-1]}"
+                                                      for r in tuned))
+        if parts:
+            out.append(f"{model} at {target} FLOPs: " + "; ".join(parts) + ".")
+    return out
+
+
+def sum_calibration(rec: dict, docs: Path, scratch: Path) -> list[str]:
+    res = _read_json(scratch / "calibration.json")
+    if not isinstance(res, dict) or "hrank" not in res:
+        return []
+    h = res["hrank"]
+    text = f"HRank calibration pass over {h['images']} ResNet-50 images: {h['wall_s']:.1f} s, peak {h['peak_rss_gb']:.2f} GB"
+    if "plain" in res:
+        p = res["plain"]
+        text += f"; plain onnxruntime inference {p['wall_s']:.1f} s (x{h['wall_s'] / p['wall_s']:.1f})"
+    for name in ("hrank-early", "reference-code"):
+        if name in res:
+            text += f"; {name} {res[name]['wall_s']:.1f} s" + (" (extrapolated)" if res[name].get("extrapolated") else "")
+    return [text + "."]
+
+
+def sum_resnet50_cost(rec: dict, docs: Path, scratch: Path) -> list[str]:
+    path = docs / "RESNET50_COST.md"
+    if not path.exists():
+        return []
+    text = path.read_text()
+    out = []
+    _, recon = _md_rows(text, "## Reconstruction")
+    if recon:
+        out.append("compress: " + "; ".join(f"{r[0]} {r[1]} s" for r in recon if len(r) > 1) + ".")
+    header, sens = _md_rows(text, "## Sensitivity analysis")
+    whole = next((r for r in sens if r and r[0].startswith("whole analysis")), None)
+    if header and whole:
+        out.append(f"{whole[0]}: " + ", ".join(f"{h} {v} s" for h, v in zip(header[1:], whole[1:]) if v) + ".")
+    return out
+
+
+def sum_coverage(rec: dict, docs: Path, scratch: Path) -> list[str]:
+    path = ROOT / "docs" / "COVERAGE.md"
+    if not rec.get("quick") and path.exists():
+        line = next((x for x in path.read_text().splitlines() if x.startswith("Models analysed")), None)
+        return [line] if line else []
+    rows = _read_json(scratch / "coverage.json")
+    if isinstance(rows, list):
+        names = ", ".join(str(r.get("name")) for r in rows)
+        return [f"Quick run (not written to docs/COVERAGE.md): {len(rows)} model(s) analysed ({names}); "
+                f"crashes: {sum('crash' in r for r in rows)}."]
+    return []
+
+
+def sum_latency(rec: dict, docs: Path, scratch: Path) -> list[str]:
+    res = _read_json(docs / "LATENCY.json")
+    if not isinstance(res, dict):
+        return []
+    import latency
+
+    summ = latency.efficiency_summary(res)
+    out = []
+    for (threads, batch) in dict.fromkeys((t, b) for t, b, _ in summ):
+        cells = [(r, v) for (t, b, r), v in summ.items() if (t, b) == (threads, batch)]
+        out.append(f"{threads} thread(s), batch {batch}: measured / FLOPs-predicted speed-up (geomean) "
+                   + ", ".join(f"{v['efficiency']:.0%} with round_to {r}" for r, v in cells)
+                   + "; slower than the original: " + ", ".join(f"{v['slower']}/{v['n']} (r{r})" for r, v in cells) + ".")
+    findings = latency.findings(res)
+    rec_line = next((x for x in findings if x.startswith("**Recommendation")), None)
+    if rec_line:
+        out.append(rec_line.split(". ")[0] + ".")
+    return out
+
+
+def sum_tool_cost(rec: dict, docs: Path, scratch: Path) -> list[str]:
+    res = _read_json(docs / "TOOL_COST.json")
+    if not isinstance(res, dict):
+        return []
+    import tool_cost
+
+    est = tool_cost.heavy_estimates(res.get("heavy", []), res["config"]["images"])
+    lines = [x for x in tool_cost.summary_lines(res.get("main", []), est) if x]
+    return [f"ResNet-50 at 224, {res['config']['images']} images: " + lines[0]] if lines else []
+
+
+BENCHES = [
+    Bench("accuracy", "Accuracy before fine-tuning",
+          "Top-1 of the bundled Fashion-MNIST models pruned at 30/50/70% FLOPs by criterion, allocation and "
+          "reconstruction, full 10k test split, no fine-tuning.",
+          "ACCURACY.md",
+          full=lambda d, s: ["--out", str(d / "ACCURACY.md")],
+          quick=lambda d, s: ["--tables", "reconstruction", "--models", "resnet20", "--calib", "256",
+                              "--out", str(d / "ACCURACY.md")],
+          summary=sum_accuracy),
+    Bench("finetune", "Fine-tuning: onnxprune vs Torch-Pruning",
+          "Pruned then fine-tuned with the same loop: onnxprune, Torch-Pruning importances and a random control, "
+          "before and after 1 and 3 epochs.",
+          "FINETUNE.md",
+          full=lambda d, s: ["--out", str(d / "FINETUNE.md")],
+          quick=lambda d, s: ["--models", "vgg11", "--fractions", "0.5", "--methods", "onnxprune,random",
+                              "--finetune", "onnxprune:labels", "--finetune-fractions", "0.5", "--epochs", "1",
+                              "--train-images", "2000", "--calib", "256", "--out", str(d / "FINETUNE.md")],
+          summary=sum_finetune),
+    Bench("latency", "Real latency speed-up vs FLOPs-predicted",
+          "onnxruntime CPU latency of ResNet-50, MobileNetV2 and the bundled models pruned at 30/50/70% FLOPs "
+          "with round_to 1/8/16, original and pruned timed interleaved; why the speed-up falls short.",
+          "LATENCY.md",
+          full=lambda d, s: ["--out", str(d / "LATENCY.md")],
+          quick=lambda d, s: ["--quick", "--out", str(d / "LATENCY.md")],
+          summary=sum_latency),
+    Bench("tool_cost", "Tool cost per stage",
+          "Wall time and peak memory of every stage on ResNet-50 at 224 with 256 images, and growth with model "
+          "size (ResNet-18/50/101) and with the number of calibration images.",
+          "TOOL_COST.md",
+          full=lambda d, s: ["--out", str(d / "TOOL_COST.md")],
+          quick=lambda d, s: ["--quick", "--out", str(d / "TOOL_COST.md")],
+          summary=sum_tool_cost),
+    Bench("calibration", "HRank calibration cost",
+          "The streamed HRank calibration pass on ResNet-50 against plain inference and HRank's reference code; "
+          "rank-kernel timings.",
+          None,
+          full=lambda d, s: ["--json", str(s / "calibration.json")],
+          quick=lambda d, s: ["--images", "32", "--only", "plain", "hrank", "--json", str(s / "calibration.json")],
+          summary=sum_calibration, hand_doc="CALIBRATION.md"),
+    Bench("resnet50_cost", "Reconstruction and sensitivity-analysis cost (ResNet-50)",
+          "compress with no / local / ldrf reconstruction; one sensitivity evaluation three ways (rewrite + new "
+          "session, masked whole graph, masked changed part only).",
+          "RESNET50_COST.md",
+          full=lambda d, s: ["--out", str(d / "RESNET50_COST.md")],
+          quick=lambda d, s: ["--quick", "--out", str(d / "RESNET50_COST.md")],
+          summary=sum_resnet50_cost),
+    Bench("coverage", "Architecture coverage",
+          "Dependency analysis and compress at 30% FLOPs over a corpus of exported CNNs (torchvision, "
+          "segmentation, timm, wheels).",
+          "COVERAGE.md",
+          full=lambda d, s: ["--json", str(s / "coverage.json")],
+          quick=lambda d, s: ["--only", "resnet18", "--no-write", "--json", str(s / "coverage.json")],
+          summary=sum_coverage),
+]
+BY_NAME = {b.name: b for b in BENCHES}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_one(bench: Bench, quick: bool, docs: Path, scratch: Path, timeout: float | None, log) -> dict:
+    args = (bench.quick if quick else bench.full)(docs, scratch)
+    argv = [sys.executable, str(bench.script), *args]
+    shown = " ".join(["python", str(bench.script.relative_to(ROOT)), *[_rel(a) for a in args]])
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    load0 = os.getloadavg()
+    log(f"## {bench.name}: {shown}")
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        rc, stdout, stderr = done.returncode, done.stdout, done.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc, stdout, stderr = "timeout", _text(exc.stdout), _text(exc.stderr)
+    seconds = time.perf_counter() - t0
+    log(f"## {bench.name}: exit {rc} after {seconds / 60:.1f} min")
+    rec = {"name": bench.name, "command": shown, "quick": quick, "returncode": rc, "seconds": seconds,
+           "started": started, "machine": machine(), "load": [load0[0], os.getloadavg()[0]],
+           "stdout": stdout[-20000:], "stderr_tail": "\n".join(stderr.strip().splitlines()[-5:])}
+    try:
+        rec["summary"] = bench.summary(rec, docs, scratch) if rc == 0 else []
+    except Exception as exc:  # a summary that cannot read the output must not lose the run record
+        rec["summary"] = [f"(summary not available: {type(exc).__name__}: {exc})"]
+    return rec
+
+
+def _text(b) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+
+def _rel(arg: str) -> str:
+    try:
+        return str(Path(arg).resolve().relative_to(ROOT))
+    except ValueError:
+        return arg
+
+
+# --------------------------------------------------------------------------- index
+
+
+def markdown(records: dict, docs: Path, command: str) -> str:
+    lines = ["# Benchmarks", "",
+             f"Regenerated by `{command}` (`make bench` runs `python benchmarks/run_all.py`). Every section gives "
+             "the headline numbers read from its script's output, the exact command, its run time, the machine and "
+             "date, the load average before -> after (the machine is shared: 2 cores, other jobs running), and "
+             "the detailed tables.", ""]
+    rows = []
+    for b in BENCHES:
+        r = records.get(b.name)
+        if r is None:
+            rows.append([b.name, "not run", "", ""])
+        else:
+            status = "ok" if r["returncode"] == 0 else f"FAILED ({r['returncode']})"
+            rows.append([f"[{b.title}](#{_anchor(b.title)})", status + (" (quick)" if r["quick"] else ""),
+                         f"{r['seconds'] / 60:.1f} min", r["started"][:10]])
+    lines += ["| section | status | run time | date |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    total = sum(r["seconds"] for r in records.values())
+    lines += ["", f"Total run time of the sections listed: {total / 60:.0f} min.", ""]
+    for b in BENCHES:
+        r = records.get(b.name)
+        lines += [f"## {b.title}", "", b.what, ""]
+        if r is None:
+            lines += [f"Not run yet: `python benchmarks/{b.name}.py`." if b.script.exists()
+                      else f"`benchmarks/{b.name}.py` is not present.", ""]
+            continue
+        if r["returncode"] != 0:
+            last = r["stderr_tail"].splitlines()[-1] if r["stderr_tail"] else ""
+            lines += [f"**The last run failed** (exit {r['returncode']}): `{last}`", ""]
+        for s in r.get("summary", []):
+            lines.append(s if s.startswith("|") or not s else f"* {s}" if not s.endswith(":") else s)
+        if r.get("summary"):
+            lines.append("")
+        lines.append(f"Command: `{r['command']}`  ")
+        lines.append(f"Run time: {r['seconds'] / 60:.1f} min; started {r['started']}; load average "
+                     f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}  ")
+        lines.append(f"Machine: {r['machine']}  ")
+        links = []
+        if b.doc and (docs / b.doc).exists():
+            links.append(f"[{b.doc}]({b.doc})")
+        if b.name == "coverage" and r["quick"]:
+            target = _link(ROOT / "docs" / "COVERAGE.md", docs)
+            links = [f"[COVERAGE.md]({target}) (full corpus; not regenerated by --quick)"]
+        if b.hand_doc and (ROOT / "docs" / b.hand_doc).exists():
+            target = _link(ROOT / "docs" / b.hand_doc, docs)
+            links.append(f"[{b.hand_doc}]({target}) (written by hand from an earlier run)")
+        if links:
+            lines.append("Details: " + ", ".join(links))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _anchor(title: str) -> str:
+    return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+
+
+def _link(target: Path, docs: Path) -> str:
+    return os.path.relpath(target, docs.resolve())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="reduced configurations, written under --docs")
+    ap.add_argument("--only", help="comma-separated subset of: " + ",".join(BY_NAME))
+    ap.add_argument("--docs", type=Path, help=f"where the docs go (default docs/, or {QUICK_DOCS} with --quick)")
+    ap.add_argument("--timeout", type=float, help="seconds per script (default: none)")
+    ap.add_argument("--list", action="store_true", help="print the scripts and their commands, run nothing")
+    args = ap.parse_args()
+    names = list(BY_NAME)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in BY_NAME]
+        if unknown:
+            ap.error(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(BY_NAME)}")
+    docs = (args.docs or (QUICK_DOCS if args.quick else ROOT / "docs")).resolve()
+    if args.list:
+        for n in names:
+            b = BY_NAME[n]
+            argv = (b.quick if args.quick else b.full)(docs, Path("SCRATCH"))
+            print(f"{n:14s} python benchmarks/{n}.py {' '.join(_rel(a) for a in argv)}"
+                  + ("" if b.script.exists() else "   (script not present)"))
+        return
+    docs.mkdir(parents=True, exist_ok=True)
+    state_path = docs / "BENCHMARKS.json"
+    records = _read_json(state_path) or {}
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        for n in names:
+            b = BY_NAME[n]
+            if not b.script.exists():
+                log(f"## {n}: benchmarks/{n}.py not present, skipped")
+                continue
+            records[n] = run_one(b, args.quick, docs, scratch, args.timeout, log)
+            state_path.write_text(json.dumps(records, indent=1, default=str))
+            command = "python benchmarks/run_all.py" + "".join(f" {a}" for a in sys.argv[1:])
+            (docs / "BENCHMARKS.md").write_text(markdown(records, docs, command) + "\n")
+    log(f"wrote {docs / 'BENCHMARKS.md'}")
+    failed = [n for n in names if n in records and records[n]["returncode"] != 0]
+    if failed:
+        log(f"failed: {', '.join(failed)}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
