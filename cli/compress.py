@@ -56,8 +56,8 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--round-to", default="auto", show_default=True, metavar="N|auto",
               help="Kept channel counts are multiples of N where a group has at least N channels. onnxruntime's CPU "
                    "convolutions leave their fast blocked (NCHWc) kernels for other counts: with 1, pruned models "
-                   "ran at 0.40-0.45x of the FLOPs-predicted speed-up (some slower than the original), with 8 at "
-                   "0.70x, with 16 at 0.86-0.88x (docs/LATENCY.md). auto: 8, or exact counts (1) where 8 cannot reach "
+                   "ran at 0.46-0.50x of the FLOPs-predicted speed-up (some slower than the original), with 8 at "
+                   "0.73-0.76x, with 16 at 0.91-0.99x (docs/LATENCY.md, AVX-512 CPU). auto: 8, or exact counts (1) where 8 cannot reach "
                    "the target (small models; the summary says so). 16 suits AVX-512 servers.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
 @click.option("--rank-early-stop", type=float, metavar="TOL",
