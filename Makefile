@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	# torchvision (test-only model definitions) must not upgrade torch: no deps.
 	$(BIN)/pip install -q --no-deps torchvision==0.28.0
 	$(BIN)/pip install -q onnxscript
+	# timm (a corpus test exports one of its CNN families): no deps, so it cannot touch torch.
+	$(BIN)/pip install -q --no-deps timm
+	$(BIN)/pip install -q huggingface_hub safetensors pyyaml
 	touch $@
 
 demo: setup
