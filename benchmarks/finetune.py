@@ -13,13 +13,16 @@ Methods (rows):
                       reconstruction; calibration on 1,024 train-split images.
 * ``onnxprune-sens``  hrank + sensitivity allocation + ldrf (sensitivity curves on the same
                       1,024 labelled train images).
+* ``onnxprune-norecon`` hrank + uniform allocation, no reconstruction (separates the channel choice
+                      from the reconstructed weights).
 * ``random``          control: onnxprune with random scores, uniform allocation, no reconstruction.
 * ``tp-magnitude``    Torch-Pruning (``tp.pruner.BasePruner``, ``GroupMagnitudeImportance(p=2)``,
                       ``global_pruning=False``: one ratio for every layer), pruned in PyTorch in
                       iterative steps of 0.25% of the channels until its MACs reduction is
                       the closest it can get to onnxprune's (uniform ratios move in jumps:
-                      the step reaching it or the one before), then exported to ONNX (TorchScript exporter, opset 17, dynamic batch,
-                      BatchNorm unfused like the bundled models).
+                      the step reaching it or the one before), then exported to ONNX
+                      (TorchScript exporter, opset 17, dynamic batch, BatchNorm unfused like
+                      the bundled models).
 * ``tp-<other>``      Torch-Pruning with its other importances (taylor, bnscale, fpgm, lamp);
                       ``tp-best`` is the one with the best top-1 before fine-tuning on 2,000
                       train-split images (never the test split).
@@ -32,7 +35,7 @@ MACs are counted the onnxprune way (Conv and Gemm multiply-accumulates at batch 
 ``onnxprune.pipeline.measured_cost`` on the ONNX file) for every row; the Torch-Pruning rows
 also give ``tp.utils.count_ops_and_params``'s count.
 
-    python benchmarks/finetune.py                     # the default run (about 80 min on 2 cores)
+    python benchmarks/finetune.py                     # the default run (100 min on the shared 2-core machine)
     python benchmarks/finetune.py --fractions 0.3,0.5,0.7 --finetune-fractions 0.3,0.5,0.7 \\
         --finetune onnxprune:labels,onnxprune:distill,tp-magnitude:labels,tp-best:labels,random:labels,onnxprune-sens:labels
     python benchmarks/finetune.py --models vgg11 --fractions 0.5 --finetune-fractions 0.5 --train-images 6000 --out /tmp/f.md
@@ -228,6 +231,9 @@ class Pruners:
         target = Target("flops", fraction)
         if method == "onnxprune":
             return {"model": compress(str(self.path), Settings(target), data=self.calib).model}
+        if method == "onnxprune-norecon":
+            return {"model": compress(str(self.path), Settings(target, criterion="hrank", reconstruct="none"),
+                                      data=self.calib).model}
         if method == "random":
             return {"model": compress(str(self.path), Settings(target, criterion="random", reconstruct="none"),
                                       data=self.calib).model}
@@ -300,7 +306,7 @@ def parse_finetune(spec: str) -> list[tuple[str, str]]:
     return out
 
 
-METHOD_ORDER = ("onnxprune", "onnxprune-sens", "random", "tp-magnitude", "tp-best",
+METHOD_ORDER = ("onnxprune", "onnxprune-sens", "onnxprune-norecon", "random", "tp-magnitude", "tp-best",
                 *(f"tp-{imp}" for imp in TP_OTHERS))
 
 
@@ -411,7 +417,7 @@ class Report:
 
     def __init__(self, args, planned: int):
         self.args, self.planned = args, planned
-        self.command = "python benchmarks/finetune.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        self.command = " ".join(["python benchmarks/finetune.py", *(shlex.quote(a) for a in sys.argv[1:])])
         self.rows, self.tp_rows, self.base_rows, self.log = [], [], [], []
 
     def add(self, rec: dict, row: list, seconds: float) -> None:
