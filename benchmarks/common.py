@@ -74,3 +74,24 @@ class Stopwatch:
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t
         return False
+
+
+def render_or_run(args, script: str, run, markdown) -> None:
+    """The shared tail of the benchmarks with ``--from-json``/``--no-write``/``--out``: run (or
+    reload the results of an earlier run), print the Markdown, write it and the raw JSON."""
+    import json
+
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        command = results.get("command", f"python benchmarks/{script}")
+    else:
+        results = run()
+        command = f"python benchmarks/{script}" + "".join(f" {a}" for a in sys.argv[1:])
+        results["command"] = command
+    text = markdown(results, command)
+    print(text)
+    if not args.no_write:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        if not args.from_json:
+            args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))

@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from common import MODELS, ROOT, machine, table  # noqa: E402
+from common import MODELS, ROOT, machine, render_or_run, table  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "onnxprune" / "bench"
 SEED = 0
@@ -615,20 +615,7 @@ def main() -> None:
         if unknown:
             ap.error(f"unknown model(s) {', '.join(sorted(unknown))}; available: {', '.join(Config().models)}")
         cfg = Config(**{**cfg.__dict__, "models": tuple(args.models.split(","))})
-    if args.from_json:
-        results = json.loads(args.from_json.read_text())
-        command = results.get("command", "python benchmarks/latency.py")
-    else:
-        results = run(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
-        command = "python benchmarks/latency.py" + "".join(f" {a}" for a in sys.argv[1:])
-        results["command"] = command
-    text = markdown(results, command)
-    print(text)
-    if not args.no_write:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        if not args.from_json:
-            args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
+    render_or_run(args, "latency.py", lambda: run(cfg, log=lambda s: print(s, file=sys.stderr, flush=True)), markdown)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from onnxprune.cost import CostModel  # noqa: E402
 from onnxprune.criteria import score_groups  # noqa: E402
 from onnxprune.reconstruct import Compensator  # noqa: E402
 from onnxprune.rewrite import rewrite, session  # noqa: E402
-from onnxprune.sensitivity import RATIOS, MaskedEvaluator  # noqa: E402
+from onnxprune.sensitivity import RATIOS, MaskedEvaluator, changed_nodes  # noqa: E402
 
 CACHE = Path(os.environ.get("ONNXPRUNE_BENCH_CACHE", Path.home() / ".cache" / "onnxprune" / "bench"))
 
@@ -64,18 +64,7 @@ def compress_rows(path: Path, images: np.ndarray, modes=("none", "local", "ldrf"
 
 def suffix_share(analysis, cost: CostModel, ev: MaskedEvaluator, keep: np.ndarray) -> float:
     """Share of the model's MACs in the nodes a candidate's fed weights can change."""
-    names = set(ev.masked_weights(keep, compensate=False))
-    graph = ev.proto.graph
-    consumers: dict[str, list[int]] = {}
-    for i, n in enumerate(graph.node):
-        for t in n.input:
-            consumers.setdefault(t, []).append(i)
-    changed, stack = set(), [i for t in names for i in consumers.get(t, [])]
-    while stack:
-        i = stack.pop()
-        if i not in changed:
-            changed.add(i)
-            stack.extend(j for t in graph.node[i].output for j in consumers.get(t, []))
+    changed = changed_nodes(ev.proto.graph, set(ev.masked_weights(keep, compensate=False)))
     per_node = cost.per_node(analysis.full_keep())
     total = sum(c.macs for c in per_node.values())
     return sum(c.macs for i, c in per_node.items() if i in changed) / total

@@ -61,7 +61,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from calibration import _usage  # noqa: E402  (CPU seconds and ru_maxrss of this process)
-from common import ROOT, machine, table  # noqa: E402
+from common import ROOT, machine, render_or_run, table  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "onnxprune" / "bench"
 SEED = 0
@@ -566,20 +566,7 @@ def main() -> None:
     if args.no_scaling:
         over.update(size_models=(), data_sizes=())
     cfg = Config(**{**cfg.__dict__, **over})
-    if args.from_json:
-        res = json.loads(args.from_json.read_text())
-        command = res.get("command", "python benchmarks/tool_cost.py")
-    else:
-        res = run(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
-        command = "python benchmarks/tool_cost.py" + "".join(f" {a}" for a in sys.argv[1:])
-        res["command"] = command
-    text = markdown(res, command)
-    print(text)
-    if not args.no_write:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        if not args.from_json:
-            args.out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
+    render_or_run(args, "tool_cost.py", lambda: run(cfg, log=lambda s: print(s, file=sys.stderr, flush=True)), markdown)
 
 
 if __name__ == "__main__":

@@ -224,14 +224,10 @@ def _embed(a: np.ndarray, m: Moments, energy: float) -> np.ndarray:
     return out
 
 
-def output_error(w3: np.ndarray, a: np.ndarray, m: Moments) -> float:
-    """E|| W (T - A [Z;1]) ||^2 summed over taps/positions, from the moments (cross-tap
-    correlations ignored): the check that decides between compensation and plain removal."""
-    return output_errors(w3, [a], m)[0]
-
-
 def output_errors(w3: np.ndarray, fits: list[np.ndarray], m: Moments) -> list[float]:
-    """``output_error`` for several fits, sharing the term that does not depend on the fit.
+    """E|| W (T - A [Z;1]) ||^2 summed over taps/positions, from the moments (cross-tap
+    correlations ignored), for several fits A: the check that decides between compensation and
+    plain removal. The term that does not depend on the fit is computed once.
 
     With R = the weight's rows [rows x P, C] and B = R A: trace(R E[(T-AZ)(T-AZ)'] R') =
     tr(R Stt R') - 2 tr(R Stz B') + tr(B Szz B'), all from products with R, never a C x C x K

@@ -15,6 +15,7 @@ import onnx
 
 from .analysis import BN_SCALE, DEPTHWISE, IN, OUT, Builder
 from .shape_rules import (
+    _channel_axis,
     _carries_none, _in_axis, _passthrough, _refuse_from, concat, expand, gather, pad, reshape, resize, slice_, split,
     tile, transpose,
 )
@@ -398,13 +399,9 @@ def quantize(node, b: Builder) -> None:
             for t in per_channel:
                 b.tie(b.dim(t, 0), dq)
         return
-    if r < 2:
-        b.refuse(y, f"{node.op} '{node.name}': input '{x.name}' has no channel axis")
+    axis = _channel_axis(node, b, x, y)
+    if axis is None:
         return
-    if _carries_none(b, x):
-        _refuse_from(b, x, [y])
-        return
-    axis = _in_axis(b, x)
     if per_channel and q_axis != axis:
         b.block_node(f"{node.op} '{node.name}' quantizes per channel along axis {q_axis}, not the channel axis {axis}")
         return

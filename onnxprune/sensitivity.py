@@ -172,6 +172,22 @@ class MaskedEvaluator:
         return metrics[metric] + (tie if metric != "error" else 0.0)
 
 
+def changed_nodes(graph: onnx.GraphProto, names: set[str]) -> set[int]:
+    """Indices of the nodes whose result can change with the tensors ``names``: their readers
+    and everything downstream."""
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(graph.node):
+        for t in n.input:
+            consumers.setdefault(t, []).append(i)
+    changed, stack = set(), [i for t in names for i in consumers.get(t, [])]
+    while stack:
+        i = stack.pop()
+        if i not in changed:
+            changed.add(i)
+            stack.extend(j for t in graph.node[i].output for j in consumers.get(t, []))
+    return changed
+
+
 class _Focus:
     """A suffix of the evaluator's graph fed by cached prefix activations (see ``focus_on``)."""
 
@@ -189,17 +205,7 @@ class _Focus:
         if not names or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                             for n in nodes for a in n.attribute):
             return None
-        consumers: dict[str, list[int]] = {}
-        for i, n in enumerate(nodes):
-            for t in n.input:
-                consumers.setdefault(t, []).append(i)
-        # nodes whose result can change: the readers of the fed weights and everything after them
-        changed, stack = set(), [i for t in names for i in consumers.get(t, [])]
-        while stack:
-            i = stack.pop()
-            if i not in changed:
-                changed.add(i)
-                stack.extend(j for t in nodes[i].output for j in consumers.get(t, []))
+        changed = changed_nodes(graph, names)
         produced = {t for i in changed for t in nodes[i].output}
         inits = {t.name for t in graph.initializer}
         model_inputs = {t.name for t in graph.input} - inits

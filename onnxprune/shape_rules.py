@@ -37,18 +37,25 @@ def _refuse_from(b: Builder, x, outputs) -> None:
             b.refuse(y, b.why_undefined(x))
 
 
+def _channel_axis(node, b: Builder, x, y) -> int | None:
+    """The channel axis ``x`` carries into ``y``, or None after refusing ``y`` (``x`` has no
+    channel axis, or carries no channels: then ``y`` gets ``x``'s reason)."""
+    if b.rank(x) < 2:
+        b.refuse(y, f"{node.op} '{node.name}': input '{x.name}' has no channel axis")
+        return None
+    if _carries_none(b, x):
+        _refuse_from(b, x, [y])
+        return None
+    return _in_axis(b, x)
+
+
 def _passthrough(node, b: Builder, x=None, y=None) -> None:
     """Output channel i is input channel i, on the same axis."""
     x = node.inputs[0] if x is None else x
     y = node.outputs[0] if y is None else y
-    if b.rank(x) < 2:
-        b.refuse(y, f"{node.op} '{node.name}': input '{x.name}' has no channel axis")
-        return
-    if _carries_none(b, x):
-        _refuse_from(b, x, [y])
-        return
-    axis = _in_axis(b, x)
-    b.tie(b.dim(x, axis), b.define(y, axis))
+    axis = _channel_axis(node, b, x, y)
+    if axis is not None:
+        b.tie(b.dim(x, axis), b.define(y, axis))
 
 
 def _remove_attr(node: onnx.NodeProto, name: str) -> None:
