@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= out
 
-.PHONY: setup demo test test-fast bench bench-quick clean
+.PHONY: setup demo test test-fast bench bench-fresh bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -32,11 +32,17 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
 
-# All benchmarks -> docs/*.md and the index docs/BENCHMARKS.md (several hours on 2 cores;
-# `make bench-quick` runs reduced configurations into /tmp/onnxprune-bench-quick in minutes).
+# The benchmark suite -> docs/*.md and the index docs/BENCHMARKS.md. Timing scripts measure anew
+# (about 40 min on a quiet 2-core machine); the accuracy scripts resume from their logs in docs/
+# (minutes when complete; measuring every row from scratch, `make bench-fresh`: about 4 h more).
+# `make bench-quick` runs reduced configurations into /tmp/onnxprune-bench-quick in minutes.
 bench: setup
 	$(BIN)/pip install -q --no-deps 'torch-pruning>=1.5'
 	$(BIN)/python benchmarks/run_all.py
+
+bench-fresh: setup
+	$(BIN)/pip install -q --no-deps 'torch-pruning>=1.5'
+	$(BIN)/python benchmarks/run_all.py --fresh
 
 bench-quick: setup
 	$(BIN)/pip install -q --no-deps 'torch-pruning>=1.5'

@@ -10,8 +10,13 @@ Three tables, each on the full 10,000-image test split; calibration and sensitiv
 * reconstruction  — none vs local vs ldrf, with hrank, l1 and recon, at 30/50/70% FLOPs
                     (uniform allocation), with the time compress took.
 
-    python benchmarks/accuracy.py                       # all tables -> docs/ACCURACY.md
-    python benchmarks/accuracy.py --tables criteria --models resnet20
+    python benchmarks/accuracy.py                       # all tables -> docs/ACCURACY.md (about 50 min)
+    python benchmarks/accuracy.py --tables criteria --models resnet20   # rerun part, keep the rest
+    python benchmarks/accuracy.py --resume              # measure only the entries the log lacks
+
+Every entry is saved to ACCURACY.json beside the page as soon as it is measured (an interrupted
+run keeps its rows); ``--resume`` keeps the log's entries of the selected tables and models and
+measures only the missing ones.
 """
 
 from __future__ import annotations
@@ -48,47 +53,49 @@ def measure(name, model, test, calib, fraction, criterion, variant, settings, **
     return entry
 
 
-def criteria_runs(models, test, calib):
+def criteria_runs(models, test, calib, skip):
     for name, model in models.items():
         for fraction in (0.3, 0.5):
             for crit in CRITERIA:
-                yield measure(name, model, test, calib, fraction, crit, crit,
-                              Settings(Target("flops", fraction), criterion=crit, reconstruct="none"))
+                if not skip((name, fraction, crit, crit)):
+                    yield measure(name, model, test, calib, fraction, crit, crit,
+                                  Settings(Target("flops", fraction), criterion=crit, reconstruct="none"))
 
 
-def allocation_runs(models, test, calib):
-    """With the default reconstruction (ldrf). Sensitivity curves are measured once per model
-    and criterion and reused for every target: after local reconstruction (the default of
-    ``onnxprune sensitivity``) and, for comparison, after plain removal. The targets the issue
-    asks about first (50%, 70%), so a partial run already answers."""
+def allocation_runs(models, test, calib, skip):
+    """With the default reconstruction (ldrf). Sensitivity curves are measured once per model,
+    criterion and metric (at their first use) and reused for every target, after local
+    reconstruction (the default of ``onnxprune sensitivity``). The targets the issue asks about
+    first (50%, 70%), so a partial run already answers."""
     curves = {}
-    for name, model in models.items():
-        for crit in ("hrank", "l1"):
-            for variant, (mode, metric) in CURVES.items():
-                with Stopwatch() as sw:
-                    curves[name, crit, variant], _ = sensitivity_analysis(str(model), calib, crit, eval_images=512,
-                                                                          reconstruct=mode, metric=metric)
-                sens = curves[name, crit, variant]
-                yield {"model": name, "criterion": crit, "variant": f"curves: {variant}", "seconds": round(sw.seconds, 1),
-                       "evaluations": sens.evaluations, "metric": sens.metric}
     for fraction in (0.5, 0.7, 0.3):
         for name, model in models.items():
             for crit in ("hrank", "l1"):
                 for alloc in ALLOCATIONS:
+                    if skip((name, fraction, crit, alloc)):
+                        continue
                     strategy = alloc.split(",")[0]
-                    sens = curves[name, crit, alloc] if strategy == "sensitivity" else None
+                    if strategy == "sensitivity" and (name, crit, alloc) not in curves:
+                        mode, metric = CURVES[alloc]
+                        with Stopwatch() as sw:
+                            sens, _ = sensitivity_analysis(str(model), calib, crit, eval_images=512,
+                                                           reconstruct=mode, metric=metric)
+                        curves[name, crit, alloc] = sens
+                        yield {"model": name, "criterion": crit, "variant": f"curves: {alloc}",
+                               "seconds": round(sw.seconds, 1), "evaluations": sens.evaluations, "metric": sens.metric}
                     yield measure(name, model, test, calib, fraction, crit, alloc,
                                   Settings(Target("flops", fraction), criterion=crit, allocation=strategy,
-                                           reconstruct="ldrf"), sensitivity=sens)
+                                           reconstruct="ldrf"), sensitivity=curves.get((name, crit, alloc)))
 
 
-def reconstruction_runs(models, test, calib):
+def reconstruction_runs(models, test, calib, skip):
     for name, model in models.items():
         for fraction in (0.3, 0.5, 0.7):
             for crit in ("hrank", "l1", "recon"):
                 for mode in RECONSTRUCTIONS:
-                    yield measure(name, model, test, calib, fraction, crit, mode,
-                                  Settings(Target("flops", fraction), criterion=crit, reconstruct=mode))
+                    if not skip((name, fraction, crit, mode)):
+                        yield measure(name, model, test, calib, fraction, crit, mode,
+                                      Settings(Target("flops", fraction), criterion=crit, reconstruct=mode))
 
 
 TABLES = {
@@ -118,10 +125,29 @@ FINDINGS = {
         "plain removal (no compensation; earlier version of this table) were useless: every group collapsed the "
         "model at moderate ratios. Recommendation: `--sensitivity-metric kl`. Global ranking on normalised "
         "scores is no better than uniform (mean -0.2 points)."),
-    "reconstruction": (
-        "This table was produced before the reconstruction changes of the second session (float32 per-batch "
-        "products, one Gram per tensor in local mode): rerun with `--tables reconstruction`."),
+    "reconstruction": lambda log: reconstruction_findings(log),
 }
+
+
+def reconstruction_findings(log: list[dict]) -> str:
+    """What the reconstruction table shows, computed from its entries."""
+    rows = [e for e in log if e.get("table") == "reconstruction" and "flops" in e and e.get("top1") == e.get("top1")]
+    if not rows:
+        return ""
+    by = {}
+    for e in rows:
+        by.setdefault((e["model"], e["flops"], e["criterion"]), {})[e["variant"]] = e["top1"]
+    full = {k: v for k, v in by.items() if set(v) >= set(RECONSTRUCTIONS)}
+    ldrf_best = sum(v["ldrf"] >= max(v.values()) for v in full.values())
+    parts = [f"LDRF gives the best top-1 in {ldrf_best} of {len(full)} model/target/criterion rows."]
+    for model in dict.fromkeys(k[0] for k in full):
+        for fraction in sorted({k[1] for k in full if k[0] == model}):
+            vs = [v for k, v in full.items() if k[:2] == (model, fraction)]
+            rng = lambda m: f"{min(v[m] for v in vs):.1%}-{max(v[m] for v in vs):.1%}"  # noqa: E731
+            parts.append(f"{model} at {fraction:.0%}: none {rng('none')}, local {rng('local')}, ldrf {rng('ldrf')}.")
+    return (" ".join(parts) + " Local reconstruction (each layer refitted to the original's inputs) repairs "
+            "moderate cuts but not deep ones, where the errors of successive layers compound; LDRF refits each "
+            "layer to the already-pruned network's inputs and keeps deep cuts usable without any training.")
 
 
 def section(kind: str, log: list[dict]) -> str:
@@ -145,7 +171,9 @@ def section(kind: str, log: list[dict]) -> str:
         rows.append(row)
     for v in variants:
         headers += [v] + (["s"] if timed else [])
-    notes = f"\n\n{FINDINGS[kind]}" if kind in FINDINGS else ""
+    note = FINDINGS.get(kind, "")
+    note = note(log) if callable(note) else note
+    notes = f"\n\n{note}" if note else ""
     return f"{title}\n\n" + table(headers, rows) + notes
 
 
@@ -156,6 +184,7 @@ def main():
     ap.add_argument("--calib", type=int, default=1024)
     ap.add_argument("--out", default=str(ROOT / "docs" / "ACCURACY.md"))
     ap.add_argument("--render", action="store_true", help="rewrite the page from its JSON log, run nothing")
+    ap.add_argument("--resume", action="store_true", help="keep the log's entries, measure only the missing ones")
     args = ap.parse_args()
     tables = args.tables.split(",")
     models = args.models.split(",")
@@ -164,19 +193,26 @@ def main():
     log = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
     for e in log:  # entries of the first log format name their variant by its setting
         e.setdefault("variant", e.get("reconstruct", e.get("allocation", e.get("criterion"))))
-    kept = [e for e in log if e.get("table") in TABLES and e["table"] in tables and e.get("model") in models]
+    selected = [e for e in log if e.get("table") in TABLES and e["table"] in tables and e.get("model") in models]
     log = [e for e in log if e.get("table") in TABLES and not (e["table"] in tables and e.get("model") in models)]
+    if args.resume:
+        log, selected = log + selected, []
+    have = {(e["table"], e["model"], e["flops"], e["criterion"], e["variant"]) for e in log if "flops" in e}
     test = fmnist("test")
     calib = calibration_set(args.calib)
     base_rows = [[name, top1(path, test)] for name, path in MODELS.items()]
     if args.render:
-        print(write(out, args, log + kept, base_rows))
+        print(write(out, args, log + selected, base_rows))
         return
+    measured = 0
     for kind in tables:
-        for entry in TABLES[kind][0]({name: MODELS[name] for name in models}, test, calib):
+        skip = lambda key, kind=kind: (kind, *key) in have  # noqa: E731
+        for entry in TABLES[kind][0]({name: MODELS[name] for name in models}, test, calib, skip):
             log.append({"table": kind, **entry, "date": machine().split(", ")[-1]})
-            text = write(out, args, log, base_rows)  # after every entry: an interrupted run keeps its rows
-    print(text)
+            measured += "flops" in entry
+            write(out, args, log, base_rows)  # after every entry: an interrupted run keeps its rows
+    print(write(out, args, log, base_rows))
+    print(f"{measured} entries measured, {len(have)} kept from the log" if args.resume else f"{measured} entries measured")
 
 
 def write(out: Path, args, log: list[dict], base_rows: list[list]) -> str:

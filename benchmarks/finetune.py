@@ -35,10 +35,15 @@ MACs are counted the onnxprune way (Conv and Gemm multiply-accumulates at batch 
 ``onnxprune.pipeline.measured_cost`` on the ONNX file) for every row; the Torch-Pruning rows
 also give ``tp.utils.count_ops_and_params``'s count.
 
-    python benchmarks/finetune.py                     # the default run (100 min on the shared 2-core machine)
-    python benchmarks/finetune.py --fractions 0.3,0.5,0.7 --finetune-fractions 0.3,0.5,0.7 \\
-        --finetune onnxprune:labels,onnxprune:distill,tp-magnitude:labels,tp-best:labels,random:labels,onnxprune-sens:labels
+    python benchmarks/finetune.py           # every method fine-tuned at 30/50/70% (about 3 h on 2 cores)
+    python benchmarks/finetune.py --resume  # the same, measuring only the rows the previous run lacks
     python benchmarks/finetune.py --models vgg11 --fractions 0.5 --finetune-fractions 0.5 --train-images 6000 --out /tmp/f.md
+
+Resuming: every row is saved to the JSON beside ``--out`` as soon as it is measured. With
+``--resume`` a rerun reuses the rows of that JSON whose model, target, method and fine-tuning mode
+are planned again and whose settings (epochs, train images, BatchNorm mode, calibration images,
+seed) are the same, and measures only the rest, so an interrupted run continues where it stopped;
+the page says how many rows were measured in this run and on which dates the reused ones were.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: busy-waitin
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import argparse  # noqa: E402
+import datetime  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
@@ -76,7 +83,9 @@ from onnxprune.tune import TuneSettings, finetune_model  # noqa: E402
 THREADS = 2
 TAYLOR_IMAGES = 512  # train images whose loss gradients score channels for GroupTaylorImportance
 TP_OTHERS = ("taylor", "bnscale", "fpgm", "lamp")
-DEFAULT_FINETUNE = "onnxprune:labels,onnxprune:distill,tp-magnitude:labels"
+DEFAULT_FINETUNE = ("onnxprune:labels,onnxprune:distill,onnxprune-sens:labels,random:labels,tp-magnitude:labels,"
+                    "tp-best:labels")
+RESUME_KEYS = ("epochs", "train_images", "train_bn", "calib", "seed")  # settings a reused row must share
 LABEL_NAMES = {"labels": "labels + distillation", "distill": "distillation only"}
 INPUT_SHAPE = (1, architectures.IN_CHANNELS, architectures.INPUT_SIZE, architectures.INPUT_SIZE)
 
@@ -296,6 +305,57 @@ def run_finetune(student, teacher, train, test, use_labels: bool, epochs: int, s
 # --------------------------------------------------------------------------------------------
 
 
+TODAY = datetime.date.today().isoformat()
+
+
+def table_row(rec: dict, epochs: int) -> list[str]:
+    """The table row of a ``row`` log record."""
+    accs = rec.get("top1_by_epoch")
+    after = ["–", "–"] if not accs else [f"{accs[1]:.2%}", f"{accs[epochs]:.2%}" if epochs > 1 else "–"]
+    tp_ops = f"{rec['tp_ops_reduction']:.1%}" if "tp_ops_reduction" in rec else ""
+    method = rec["method"] + (f" (same model as {rec['same_model_as']})" if rec.get("same_model_as") else "")
+    return [rec["model"], f"{rec['flops_target']:.0%}", method, LABEL_NAMES.get(rec["finetune"], "none"),
+            f"{rec['flops_reduction']:.1%}", tp_ops, f"{rec['params_reduction']:.1%}", f"{rec['top1_before']:.2%}",
+            *after]
+
+
+def tp_row(rec: dict) -> list[str]:
+    sel = rec.get("selection_top1")
+    return [rec["model"], f"{rec['flops_target']:.0%}", rec["importance"], f"{rec['flops_reduction']:.1%}",
+            f"{rec['tp_ops_reduction']:.1%}", "" if sel is None else f"{sel:.2%}", f"{rec['top1_before']:.2%}"]
+
+
+def previous_rows(ap: argparse.ArgumentParser, args) -> dict[tuple, dict]:
+    """The records of the previous run (the JSON beside ``--out``) that this run may reuse, by key:
+    ("row", model, target, method, mode), ("tp-best", model, target), ("tp-importance", model,
+    target, importance). Nothing when that run used other settings (see RESUME_KEYS)."""
+    path = Path(args.out).with_suffix(".json")
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    settings = old.get("settings")
+    if settings is None:  # written before settings were recorded: read them from its command line
+        try:
+            settings = vars(ap.parse_args(shlex.split(old["command"])[2:]))
+        except (KeyError, SystemExit):
+            return {}
+    if any(settings.get(k) != getattr(args, k) for k in RESUME_KEYS):
+        print(f"not resuming from {path}: it was run with other settings", file=sys.stderr)
+        return {}
+    undated = datetime.date.fromtimestamp(path.stat().st_mtime).isoformat()
+    out = {}
+    for e in old.get("log", []):
+        e = dict(e, date=e.get("date", undated))
+        if e.get("event") == "row":
+            out["row", e["model"], e["flops_target"], e["method"].split(" (")[0], e["finetune"]] = e
+        elif e.get("event") == "tp-best":
+            out["tp-best", e["model"], e["flops"]] = e
+        elif e.get("event") == "tp-importance":
+            out["tp-importance", e["model"], e["flops_target"], e["importance"]] = e
+    return out
+
+
 def parse_finetune(spec: str) -> list[tuple[str, str]]:
     out = []
     for item in filter(None, spec.split(",")):
@@ -336,14 +396,16 @@ def main():
     ap.add_argument("--methods", default="onnxprune,onnxprune-sens,random,tp-magnitude,tp-best",
                     help=f"methods with a before-fine-tuning row ({', '.join(METHOD_ORDER)})")
     ap.add_argument("--finetune", default=DEFAULT_FINETUNE, help="METHOD:labels|distill items to fine-tune")
-    ap.add_argument("--finetune-fractions", default="0.5,0.7")
+    ap.add_argument("--finetune-fractions", default="0.3,0.5,0.7")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-images", type=int, default=None, help="train on N seeded train images (default: all 60k)")
     ap.add_argument("--train-bn", action="store_true", help="fine-tune with BatchNorm batch statistics")
     ap.add_argument("--calib", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "docs" / "FINETUNE.md"))
+    ap.add_argument("--resume", action="store_true", help="reuse the previous run's rows (same settings), measure the rest")
     args = ap.parse_args()
+    previous = previous_rows(ap, args) if args.resume else {}
     torch.set_num_threads(THREADS)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
@@ -372,43 +434,55 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="onnxprune_finetune_"))
 
     pruners = None
+    tuned: dict[tuple[str, str], tuple[str, dict]] = {}  # (model digest, mode) -> (first method, fine-tuning)
     for name, fraction, method, mode in planned:
         if pruners is None or pruners.name != name:
             if pruners is not None and "tp-best" in methods:
-                report.tp_table(pruners, fractions)
+                report.tp_table(pruners, fractions, previous)
             pruners = Pruners(name, calib, select, test, workdir, report.log)
+            for fraction_ in fractions + ft_fractions:  # the previous run's choice of tp-best, if any
+                best = previous.get(("tp-best", name, fraction_))
+                if best is not None:
+                    pruners.tp_best[fraction_] = best["best"]
+                    report.log.append(dict(best, reused=True))
             teacher = read_model(MODELS[name])
             base_acc = top1(teacher, test)
             report.base_rows.append([name, f"{base_acc:.2%}", pruners.base.macs, pruners.base.params])
             report.log.append({"event": "base", "model": name, "top1": base_acc, "macs": pruners.base.macs,
                                "params": pruners.base.params})
+        old = previous.get(("row", name, fraction, method, mode))
+        if old is not None:
+            report.add(dict(old, reused=True), table_row(old, args.epochs), time.perf_counter() - t_start)
+            continue
         entry = pruners.get(method, fraction)
         before = entry.get("top1")
         if before is None:
             before = entry["top1"] = top1(entry["model"], test)
         label = method if method != "tp-best" else f"tp-best ({entry['tp_importance']})"
         rec = {"event": "row", "model": name, "flops_target": fraction, "method": label,
-               "finetune": mode, "flops_reduction": entry["flops_reduction"],
+               "finetune": mode, "date": TODAY, "flops_reduction": entry["flops_reduction"],
                "params_reduction": entry["params_reduction"], "top1_before": before,
                "prune_seconds": entry["prune_seconds"],
                **{k: v for k, v in entry.items() if k.startswith("tp_")}}
-        after = ["–", "–"]
         if mode is not None:
-            ft = run_finetune(entry["model"], teacher, train, test, mode == "labels", args.epochs, args.seed,
-                              args.train_bn)
-            rec.update(ft)
+            # two methods can prune identically (Torch-Pruning's lamp and magnitude with one ratio for every
+            # layer): the same model fine-tuned by the same seeded loop gives the same run, so run it once
+            same = (hashlib.sha256(entry["model"].SerializeToString(deterministic=True)).hexdigest(), mode)
+            if same not in tuned:
+                tuned[same] = (label, run_finetune(entry["model"], teacher, train, test, mode == "labels",
+                                                   args.epochs, args.seed, args.train_bn))
+            first, ft = tuned[same]
+            rec.update(ft, warnings=list(ft["warnings"]))
+            if first != label:
+                rec["same_model_as"] = first
             accs = ft["top1_by_epoch"]
             if abs(accs[0] - before) > 2e-4:
                 rec["warnings"].append(f"torch bridge top-1 {accs[0]} vs onnxruntime {before} before fine-tuning")
             for w in rec["warnings"]:
                 print("warning:", w, flush=True)
-            after = [f"{accs[1]:.2%}", f"{accs[args.epochs]:.2%}" if args.epochs > 1 else "–"]
-        tp_ops = f"{entry['tp_ops_reduction']:.1%}" if "tp_ops_reduction" in entry else ""
-        report.add(rec, [name, f"{fraction:.0%}", label, LABEL_NAMES.get(mode, "none"),
-                         f"{entry['flops_reduction']:.1%}", tp_ops, f"{entry['params_reduction']:.1%}",
-                         f"{before:.2%}", *after], time.perf_counter() - t_start)
+        report.add(rec, table_row(rec, args.epochs), time.perf_counter() - t_start)
     if pruners is not None and "tp-best" in methods:
-        report.tp_table(pruners, fractions)
+        report.tp_table(pruners, fractions, previous)
     report.write(time.perf_counter() - t_start, final=True)
 
 
@@ -426,8 +500,14 @@ class Report:
         print(" | ".join(str(v) for v in row), f"({seconds:.0f} s)", flush=True)
         self.write(seconds)
 
-    def tp_table(self, pruners: Pruners, fractions) -> None:
+    def tp_table(self, pruners: Pruners, fractions, previous: dict) -> None:
         for fraction in fractions:
+            olds = [previous.get(("tp-importance", pruners.name, fraction, imp)) for imp in ("magnitude", *TP_OTHERS)]
+            if all(olds):
+                for e in olds:
+                    self.log.append(dict(e, reused=True))
+                    self.tp_rows.append(tp_row(e))
+                continue
             pruners.best_tp(fraction)
             sel = next(r["selection_top1"] for r in self.log if r["event"] == "tp-best"
                        and r["model"] == pruners.name and r["flops"] == fraction)
@@ -435,13 +515,12 @@ class Report:
                 e = pruners.get(f"tp-{imp}", fraction)
                 if e.get("top1") is None:
                     e["top1"] = top1(e["model"], pruners.test)
-                self.log.append({"event": "tp-importance", "model": pruners.name, "flops_target": fraction,
-                                 "importance": imp, "flops_reduction": e["flops_reduction"],
-                                 "tp_ops_reduction": e["tp_ops_reduction"], "selection_top1": sel.get(imp),
-                                 "top1_before": e["top1"]})
-                self.tp_rows.append([pruners.name, f"{fraction:.0%}", imp, f"{e['flops_reduction']:.1%}",
-                                     f"{e['tp_ops_reduction']:.1%}",
-                                     "" if imp not in sel else f"{sel[imp]:.2%}", f"{e['top1']:.2%}"])
+                rec = {"event": "tp-importance", "model": pruners.name, "flops_target": fraction,
+                       "importance": imp, "flops_reduction": e["flops_reduction"],
+                       "tp_ops_reduction": e["tp_ops_reduction"], "selection_top1": sel.get(imp),
+                       "top1_before": e["top1"], "date": TODAY}
+                self.log.append(rec)
+                self.tp_rows.append(tp_row(rec))
 
     def write(self, seconds: float, final: bool = False) -> None:
         args = self.args
@@ -477,6 +556,14 @@ class Report:
                 + table(["model", "FLOPs target", "importance", "FLOPs removed", "TP ops removed",
                          "selection top-1", "test top-1"], self.tp_rows))
         status = "" if final else f" (in progress: {len(self.rows)} of {self.planned} rows)"
+        rows = [r for r in self.log if r.get("event") == "row"]
+        reused = [r for r in rows if r.get("reused")]
+        if reused:
+            dates = ", ".join(sorted({r["date"] for r in reused}))
+            status += (f"; {len(rows) - len(reused)} rows measured in this run, {len(reused)} reused from the "
+                       f"previous run's log (measured {dates}; `--resume`)")
+        work = sum(r.get("prune_seconds", 0) + r.get("seconds", 0) for r in rows)
+        status += f"; measuring every row from scratch takes about {work / 60:.0f} min of pruning and fine-tuning"
         text = (f"# Fine-tuning after pruning: onnxprune vs Torch-Pruning\n\nCommand: `{self.command}`\n\n"
                 f"Machine: {machine()}, torch {torch.__version__} ({THREADS} threads), "
                 f"torch-pruning {_tp_version()}\n\nRun time: {seconds / 60:.1f} min{status}\n\n"
@@ -484,7 +571,8 @@ class Report:
         out = Path(args.out)
         out.write_text(text)
         out.with_suffix(".json").write_text(json.dumps(
-            {"command": self.command, "seconds": seconds, "complete": final, "log": self.log}, indent=1,
+            {"command": self.command, "settings": {k: getattr(args, k) for k in RESUME_KEYS}, "seconds": seconds,
+             "complete": final, "log": self.log}, indent=1,
             default=float))
         if final:
             print(text)
