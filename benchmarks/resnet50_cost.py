@@ -51,11 +51,21 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
-def compress_rows(path: Path, images: np.ndarray, modes=("none", "local", "ldrf")) -> list[list]:
+WHOLE_PREFIX = "ldrf, every pass from the inputs"  # LDRF without the stored frontier (before it existed)
+
+
+def compress_rows(path: Path, images: np.ndarray, modes=("none", "local", "ldrf", WHOLE_PREFIX)) -> list[list]:
+    import functools
+    from unittest import mock
+
+    import onnxprune.pipeline as pipeline
+
     rows = []
     for mode in modes:
-        seconds, r = timed(lambda: compress(str(path), Settings(Target("flops", 0.5), criterion="l1", reconstruct=mode),
-                                            data={"input": images}))
+        whole = mode == WHOLE_PREFIX
+        with mock.patch.object(pipeline, "reconstruct", functools.partial(pipeline.reconstruct, frontier=not whole)):
+            settings = Settings(Target("flops", 0.5), criterion="l1", reconstruct="ldrf" if whole else mode)
+            seconds, r = timed(lambda: compress(str(path), settings, data={"input": images}))
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r.summary["seconds"].items())
         rows.append([f"compress 50% l1, reconstruct {mode}, {len(images)} images", f"{seconds:.1f}", stages])
         print(rows[-1], flush=True)
@@ -142,7 +152,8 @@ def main():
     rng = np.random.default_rng(0)
     images = rng.standard_normal((max(args.images, args.recon_images), 3, 224, 224)).astype(np.float32)
     start, load0 = time.perf_counter(), os.getloadavg()[0]
-    recon = compress_rows(path, images[: args.recon_images], ("none", "local") if args.quick else ("none", "local", "ldrf"))
+    recon = compress_rows(path, images[: args.recon_images], ("none", "local") if args.quick else
+                          ("none", "local", "ldrf", WHOLE_PREFIX))
     sens = sensitivity_rows(path, images[: args.images], args.groups, images[: args.recon_images])
     load1 = os.getloadavg()[0]
     from common import table

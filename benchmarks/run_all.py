@@ -319,8 +319,9 @@ def shortfalls(docs: Path) -> list[str]:
             out.append("**Tool cost.** On ResNet-50 with " + str(tc["config"]["images"]) + " images on 2 cores, "
                        + ", ".join(f"{stage} takes about {sec / 60:.0f} min ({sec / calib:.0f}x the calibration pass)"
                                    for stage, sec in est.items())
-                       + ": LDRF reconstructs layer by layer (one pass over the data per wave of layers) and the "
-                       "sensitivity analysis evaluates every group at every ratio. Torch-Pruning's importances need "
+                       + ": LDRF refits layer by layer (one pass over the data per wave of layers, each running "
+                       "the layers since the previous wave from stored activations) and the sensitivity analysis "
+                       "evaluates every group at every ratio. Torch-Pruning's importances need "
                        "no data pass at all; onnxprune's default (hrank + ldrf) is minutes on the bundled models and "
                        "tens of minutes on ResNet-50 on a 2-core machine.")
     return out

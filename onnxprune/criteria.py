@@ -45,11 +45,13 @@ def _weight_dims(analysis: Analysis, group: ChannelGroup, role: str) -> list[int
 
 
 def _combine(parts: list[np.ndarray], size: int) -> np.ndarray:
+    """Mean of the parts, each scaled to a peak of 1: a group seen on several tensors (a residual
+    stream, a concat) gets scores on the same [0, 1] scale as a group seen on one."""
     total = np.zeros(size)
     for p in parts:
         peak = np.abs(p).max()
         total += p / peak if peak > 0 else p
-    return total
+    return total / max(len(parts), 1)
 
 
 def _norm(p: int):

@@ -15,7 +15,10 @@ summed over a convolution's spatial taps and over the positions of a Flatten blo
   was removed.
 * ``ldrf``   — T = X of the original model, Z = the kept channels of the *pruned* network built
   so far (earlier consumers already compensated), so errors do not accumulate; consumers are
-  processed in waves of increasing depth, one calibration pass per wave.
+  processed in waves of increasing depth, one calibration pass per wave. Each pass runs only the
+  layers between the previous wave and this one: the activations where the computed part of
+  the graph meets the rest (its frontier) are kept per batch, in memory up to a budget and on
+  disk beyond it, and a fold invalidates only what lies below the folded layers.
 
 The fit is optionally restricted to the principal subspace that carries ``energy`` of X's
 variance (the LDRF embedding); a fit that increases the consumer's output error on the
@@ -333,12 +336,13 @@ def _add_bias(analysis, atoms, proto, inits, c: Consumer, delta, dtype) -> None:
 # --- orchestration --------------------------------------------------------------------------------
 def reconstruct(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, batches, mode: str = "ldrf",
                 ridge: float = 1e-3, energy: float | None = None, max_positions: int = 1024, seed: int = 0,
-                progress=None) -> tuple[onnx.ModelProto, Report]:
+                progress=None, frontier: bool = True) -> tuple[onnx.ModelProto, Report]:
     """Compensate the channels ``keep`` removes in the consumers of ``pruned`` (see module doc).
 
     ``batches``: a re-iterable of ``{input name: array}``; ``max_positions`` spatial positions
     per image are sampled (seeded) for the moments, which keeps the cost of the Gram matrices
-    bounded on large maps without biasing them.
+    bounded on large maps without biasing them. ``frontier=False`` runs every LDRF pass from the
+    graph inputs (the reference the frontier-cached passes are tested against).
     """
     if mode not in ("local", "ldrf"):
         raise ValueError(f"unknown reconstruction mode {mode!r}")
@@ -355,33 +359,51 @@ def reconstruct(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, b
         waves = _waves(analysis, consumers, _upstream_pruned(analysis, consumers, touched, atoms))
     fits: dict[int, np.ndarray] = {}
     current = copy.deepcopy(pruned) if mode == "ldrf" else pruned
-    for w, wave in enumerate(waves):
-        observed = sorted({consumers[i].observed for i in wave})
-        # local: the moments of all channels (one Gram per tensor); kept subsets are sub-blocks
-        moments = _moments(analysis, atoms if mode == "ldrf" else analysis.kept_atoms(analysis.full_keep()),
-                           current if mode == "ldrf" else None, observed, batches, max_positions, seed)
-        report.passes += 1
-        for i in wave:
-            c = consumers[i]
-            o_dim = analysis.by_key[(c.observed, c.observed_axis)]
-            kept = np.flatnonzero(atoms[o_dim.offset : o_dim.offset + o_dim.size])
-            m = moments[c.observed] if mode == "ldrf" else moments[c.observed].restrict(kept)
-            a = fit(m, kept, ridge, energy, local=(mode == "local"))
-            plain = np.zeros_like(a)
-            plain[kept, np.arange(len(kept))] = 1.0
-            w3, _ = weight_blocks(np.asarray(analysis.model.tensors[c.weight].values, dtype=np.float64), c)
-            e_fit, e_plain = output_errors(w3, [a, plain], m)
-            label = analysis.model.graph.nodes[c.node].name or c.weight
-            report.gain[label] = round(e_fit / e_plain, 6) if e_plain > 0 else 1.0
-            if np.isfinite(e_fit) and e_fit < e_plain:
-                fits[i] = a
-                report.fitted.append(label)
-            else:
-                report.fallback.append(label)
-        if mode == "ldrf":  # the next waves see this wave's consumers compensated
-            apply_folds(analysis, keep, current, {i: fits[i] for i in wave if i in fits}, consumers, in_place=True)
-        if progress:
-            progress(w + 1, len(waves))
+    runners = (_Frontier(analysis.model.proto, batches), _Frontier(current, batches)) \
+        if mode == "ldrf" and len(waves) > 1 and frontier else None
+    try:
+        for w, wave in enumerate(waves):
+            observed = sorted({consumers[i].observed for i in wave})
+            # local: the moments of all channels (one Gram per tensor); kept subsets are sub-blocks
+            args = (analysis, atoms if mode == "ldrf" else analysis.kept_atoms(analysis.full_keep()),
+                    current if mode == "ldrf" else None, observed, batches, max_positions, seed)
+            try:
+                moments = _moments(*args, runners=runners)
+            except NotReplayable:  # a source that yields other data on every pass: run each prefix whole
+                for r in runners:
+                    r.close()
+                runners = None
+                moments = _moments(*args)
+            report.passes += 1
+            for i in wave:
+                c = consumers[i]
+                o_dim = analysis.by_key[(c.observed, c.observed_axis)]
+                kept = np.flatnonzero(atoms[o_dim.offset : o_dim.offset + o_dim.size])
+                m = moments[c.observed] if mode == "ldrf" else moments[c.observed].restrict(kept)
+                a = fit(m, kept, ridge, energy, local=(mode == "local"))
+                plain = np.zeros_like(a)
+                plain[kept, np.arange(len(kept))] = 1.0
+                w3, _ = weight_blocks(np.asarray(analysis.model.tensors[c.weight].values, dtype=np.float64), c)
+                e_fit, e_plain = output_errors(w3, [a, plain], m)
+                label = analysis.model.graph.nodes[c.node].name or c.weight
+                report.gain[label] = round(e_fit / e_plain, 6) if e_plain > 0 else 1.0
+                if np.isfinite(e_fit) and e_fit < e_plain:
+                    fits[i] = a
+                    report.fitted.append(label)
+                else:
+                    report.fallback.append(label)
+            if mode == "ldrf":  # the next waves see this wave's consumers compensated
+                folded = {i: fits[i] for i in wave if i in fits}
+                apply_folds(analysis, keep, current, folded, consumers, in_place=True)
+                if runners is not None:  # the folded nodes and any other reader of their weights
+                    names = {n for i in folded for n in (consumers[i].weight, consumers[i].bias) if n}
+                    runners[1].invalidate({consumers[i].node for i in folded}
+                                          | {j for j, n in enumerate(current.graph.node) if names & set(n.input)})
+            if progress:
+                progress(w + 1, len(waves))
+    finally:
+        for r in runners or ():
+            r.close()
     if mode == "local":
         current = apply_folds(analysis, keep, pruned, fits, consumers)
     return current, report
@@ -430,24 +452,37 @@ def _waves(analysis: Analysis, consumers: list[Consumer], active: list[bool]) ->
 
 
 def _moments(analysis: Analysis, atoms: np.ndarray, pruned: onnx.ModelProto | None, observed: list[str],
-             batches, max_positions: int, seed: int) -> dict[str, Moments]:
+             batches, max_positions: int, seed: int, runners: tuple | None = None) -> dict[str, Moments]:
     """Stream the calibration data; targets from the original model, inputs from ``pruned``
-    (LDRF) or from the original's kept channels (local)."""
-    from .rewrite import session
+    (LDRF) or from the original's kept channels (local). ``runners``: (original, pruned)
+    ``_Frontier`` objects that run only the part of each graph not computed yet."""
+    if runners is None:
+        from .rewrite import session
 
-    original = _exposing(analysis.model.proto, observed)
-    second = _exposing(pruned, observed) if pruned is not None else None
-    sess_a = session(original)
-    sess_b = session(second) if second is not None else None
+        sessions = [session(_exposing(analysis.model.proto, observed))]
+        if pruned is not None:
+            sessions.append(session(_exposing(pruned, observed)))
+
+        def outputs():
+            names = [{i.name for i in sess.get_inputs()} for sess in sessions]
+            for batch in batches:
+                yield [dict(zip(observed, sess.run(observed, {k: v for k, v in batch.items() if k in n})))
+                       for sess, n in zip(sessions, names)], batch
+        stream = outputs()
+    else:
+        def lockstep():
+            for r in runners:
+                r.begin(observed)
+            for b, batch in enumerate(batches):
+                yield [r.step(b, batch) for r in runners], batch
+            for r in runners:
+                r.finish()
+        stream = lockstep()
     rng = np.random.default_rng(seed)
     moments = {name: Moments() for name in observed}
     axes = {name: next(d.axis for (t, _), d in analysis.by_key.items() if t == name and not d.constant) for name in observed}
-    names_a = {i.name for i in sess_a.get_inputs()}
-    names_b = {i.name for i in sess_b.get_inputs()} if sess_b is not None else set()
-    for batch in batches:
-        outs_a = dict(zip(observed, sess_a.run(observed, {k: v for k, v in batch.items() if k in names_a})))
-        outs_b = (dict(zip(observed, sess_b.run(observed, {k: v for k, v in batch.items() if k in names_b})))
-                  if sess_b is not None else None)
+    for outs, batch in stream:
+        outs_a, outs_b = outs[0], (outs[1] if len(outs) > 1 else None)
         for name in observed:
             t = channels_of(outs_a[name], axes[name])
             d = analysis.by_key[(name, axes[name])]
@@ -460,8 +495,190 @@ def _moments(analysis: Analysis, atoms: np.ndarray, pruned: onnx.ModelProto | No
                 pick = rng.choice(t.shape[1], size=max_positions * len(next(iter(batch.values()))), replace=False)
                 t, z = t[:, pick], (None if z is None else z[:, pick])
             moments[name].update(t, z)
-        del outs_a, outs_b  # before the next batch runs: two batches of activations never coexist
+        del outs, outs_a, outs_b  # before the next batch runs: two batches of activations never coexist
     return moments
+
+
+FRONTIER_MEMORY = 2 << 30  # bytes of frontier activations kept in memory per model; the rest goes to disk
+
+
+class _Frontier:
+    """Runs a model up to requested tensors, wave after wave, without recomputing what an earlier
+    wave computed: the outputs of computed nodes that uncomputed nodes read (the frontier) are
+    kept for every batch, and the next run starts from them. ``invalidate`` forgets what lies
+    below nodes whose weights changed (LDRF folds the model in place between waves).
+
+    Written here rather than with ``onnx.utils.Extractor``: that needs shapes inferred for every
+    intermediate tensor and copies the whole model per extraction; a segment here is the node
+    list between known tensors, its inputs typed from the stored arrays.
+    """
+
+    def __init__(self, proto: onnx.ModelProto, batches, memory: int | None = None):
+        import tempfile
+
+        self.proto, self.batches = proto, batches
+        self.memory = FRONTIER_MEMORY if memory is None else memory
+        self.done: set[int] = set()  # nodes whose outputs are valid (kept where the frontier needs them)
+        self.store: dict[str, list] = {}  # frontier tensor -> per batch: array or .npy path
+        self.dtypes: dict[str, np.dtype] = {}
+        self.prints: list[bytes] | None = None  # per batch: digest of the inputs the store was computed from
+        self.used = 0
+        self._tmp = tempfile.TemporaryDirectory(prefix="onnxprune_frontier_")
+        self._files = 0
+        graph = proto.graph
+        self.enabled = not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                               for n in graph.node for a in n.attribute)  # subgraphs read outer tensors
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def _links(self):
+        graph = self.proto.graph
+        producer = {t: i for i, n in enumerate(graph.node) for t in n.output if t}
+        readers: dict[str, list[int]] = {}
+        for i, n in enumerate(graph.node):
+            for t in n.input:
+                readers.setdefault(t, []).append(i)
+        return producer, readers
+
+    def invalidate(self, nodes: set[int]) -> None:
+        """Nodes whose weights changed: they and everything below them are computed again."""
+        graph = self.proto.graph
+        _, readers = self._links()
+        stack, gone = list(nodes), set()
+        while stack:
+            i = stack.pop()
+            if i in gone:
+                continue
+            gone.add(i)
+            for t in graph.node[i].output:
+                stack.extend(readers.get(t, []))
+        self.done -= gone
+        producer, _ = self._links()
+        for t in [t for t in self.store if producer.get(t) in gone]:
+            self._drop(t)
+
+    def _keep(self, arr: np.ndarray):
+        if self.used + arr.nbytes <= self.memory:
+            self.used += arr.nbytes
+            return arr
+        from pathlib import Path
+
+        self._files += 1
+        path = Path(self._tmp.name) / f"{self._files}.npy"
+        np.save(path, arr)
+        return path
+
+    def _drop(self, name: str) -> None:
+        for v in self.store.pop(name):
+            if isinstance(v, np.ndarray):
+                self.used -= v.nbytes
+            else:
+                v.unlink(missing_ok=True)
+
+    def _load(self, name: str, b: int) -> np.ndarray:
+        v = self.store[name][b]
+        return v if isinstance(v, np.ndarray) else np.load(v)
+
+    def begin(self, outputs: list[str]) -> None:
+        """Prepare a pass producing ``outputs``: ``step`` per batch (in the same order on every
+        pass), then ``finish``; afterwards the nodes run are done and their frontier kept."""
+        from .rewrite import session
+
+        self.outputs = outputs
+        if not self.enabled:
+            self.sess = session(_exposing(self.proto, outputs))
+            self.feeds = {i.name for i in self.sess.get_inputs()}
+            return
+        graph = self.proto.graph
+        producer, readers = self._links()
+        # Run every node that makes a needed tensor not stored: the stored frontier is where a
+        # pass starts (a node that lost its stored input to a fold reaches further up).
+        # Constant nodes are recomputed, never stored per batch (some exporters keep weights in them).
+        segment, stack = set(), [producer[o] for o in outputs if o in producer and o not in self.store]
+        while stack:
+            i = stack.pop()
+            if i in segment:
+                continue
+            segment.add(i)
+            stack.extend(producer[t] for t in graph.node[i].input if t in producer and t not in self.store)
+        self.next_done = {i for i in self.done | segment if graph.node[i].op_type != "Constant"}
+        self.frontier = {t for i in self.next_done for t in graph.node[i].output
+                         if t and any(r not in self.next_done for r in readers.get(t, []))}
+        read = {t for i in segment for t in graph.node[i].input}
+        self.stored_in = sorted(t for t in read if t in self.store)
+        self.new = sorted(t for i in segment for t in graph.node[i].output if t in self.frontier)
+        fetch = [o for o in outputs if o in producer and producer[o] in segment]
+        self.run_out = list(dict.fromkeys([*fetch, *self.new]))
+        self.sess = session(_segment(self.proto, sorted(segment), {t: self.dtypes[t] for t in self.stored_in},
+                                     self.run_out)) if self.run_out else None
+        self.feeds = {i.name for i in self.sess.get_inputs()} if self.sess else set()
+        self.kept = {t: [] for t in self.new}
+        self.prints_now = []
+
+    def step(self, b: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The pass's outputs for batch number ``b``."""
+        if not self.enabled:
+            return dict(zip(self.outputs, self.sess.run(self.outputs, {k: v for k, v in batch.items() if k in self.feeds})))
+        self.prints_now.append(_digest(batch))
+        if self.prints is not None and (b >= len(self.prints) or self.prints_now[b] != self.prints[b]):
+            raise NotReplayable("the calibration batches differ from one pass to the next")
+        got = {}
+        if self.sess is not None:
+            feeds = {k: v for k, v in batch.items() if k in self.feeds}
+            feeds.update({t: self._load(t, b) for t in self.stored_in})
+            got = dict(zip(self.run_out, self.sess.run(self.run_out, feeds)))
+        for t in self.new:
+            self.kept[t].append(self._keep(got[t]))
+            self.dtypes[t] = got[t].dtype
+        return {o: got[o] if o in got else batch[o] if o in batch else self._load(o, b) for o in self.outputs}
+
+    def finish(self) -> None:
+        self.sess = None
+        if not self.enabled:
+            return
+        if self.prints is not None and len(self.prints_now) != len(self.prints):
+            raise NotReplayable("the calibration batches differ from one pass to the next")
+        self.prints = self.prints_now
+        for t in [t for t in self.store if t not in self.frontier]:
+            self._drop(t)
+        self.store.update(self.kept)
+        self.done, self.kept = self.next_done, {}
+
+
+class NotReplayable(Exception):
+    """The batches changed between passes: stored activations cannot be paired with them."""
+
+
+def _digest(batch: dict[str, np.ndarray]) -> bytes:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for k in sorted(batch):
+        a = np.ascontiguousarray(batch[k])
+        h.update(k.encode())
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(memoryview(a).cast("B"))
+    return h.digest()
+
+
+def _segment(proto: onnx.ModelProto, nodes: list[int], inputs: dict[str, np.dtype], outputs: list[str]) -> onnx.ModelProto:
+    """The model made of ``nodes`` (indices, in graph order) reading the stored tensors ``inputs``
+    (name -> dtype) as graph inputs, shapes left to onnxruntime, besides the original inputs."""
+    graph = proto.graph
+    used = {t for i in nodes for t in graph.node[i].input}
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    g = out.graph
+    del g.node[:], g.output[:], g.initializer[:], g.value_info[:], g.input[:]
+    g.node.extend(graph.node[i] for i in nodes)
+    g.initializer.extend(t for t in graph.initializer if t.name in used)
+    g.input.extend(i for i in graph.input if i.name in used)
+    for name, dtype in inputs.items():
+        g.input.append(onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(dtype), None))
+    for name in outputs:
+        g.output.append(onnx.ValueInfoProto(name=name))
+    return out
 
 
 def _exposing(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

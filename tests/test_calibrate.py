@@ -252,3 +252,27 @@ def test_overlap_and_workers_change_no_result_and_pass_errors_on():
     bad = [{"x": x[:4]}, {"x": x[4:8, :, :5]}]
     with pytest.raises(DataError, match=r"input 'x' \(batch 1\)"):
         calibrate(model, {"r2": [RankCollector()]}, bad, batch_size=2)
+
+
+def test_group_scores_share_one_scale_however_many_tensors_observe_them():
+    """A residual stream is observed on several tensors (and weighed by several convs): its
+    per-part scores are averaged, not summed, so every group's scores lie in [0, 1] like a
+    one-tensor group's (reports and score histograms compare groups on one scale)."""
+    from pathlib import Path
+
+    from onnxprune import analyse, load_model
+    from onnxprune.criteria import score_groups
+    from onnxprune.scoring import collect, data_scores, observations
+
+    root = Path(__file__).resolve().parents[1]
+    analysis = analyse(load_model(root / "models" / "resnet20_fmnist.onnx"))
+    sample = np.load(root / "models" / "fmnist_sample.npz")
+    data = {"input": sample[sample.files[0]][:16]}
+    obs = observations(analysis)
+    seen = {g.id: sum(o.dim in g.atom_index for o in obs.values()) for g in analysis.prunable_groups}
+    assert max(seen.values()) >= 3 and min(seen.values()) == 1  # the residual stages and plain convs
+    hrank = data_scores(analysis, "hrank", collect(analysis, data, ["hrank"]))
+    l1 = score_groups(analysis, "l1")
+    for scores in (hrank, l1):
+        peaks = {gid: float(np.max(s)) for gid, s in scores.items()}
+        assert all(0.0 < p <= 1.0 + 1e-9 for p in peaks.values()), peaks

@@ -111,3 +111,108 @@ def test_fallback_when_fit_makes_things_worse(monkeypatch):
     assert report.fallback and not report.fitted
     feeds = random_inputs(analysis.model.proto, analysis.model.input_shapes)
     np.testing.assert_array_equal(run(fixed, feeds)[0], run(plain, feeds)[0])
+
+
+# --- LDRF passes that start from the previous wave's frontier --------------------------------------
+def _ldrf_both_ways(proto, keep_seed: int, data):
+    from graphs import random_keep
+    from onnx import numpy_helper
+
+    analysis = analyse(load_model(proto))
+    if not analysis.prunable_groups:
+        return None
+    keep = random_keep(analysis, np.random.default_rng(keep_seed))
+    plain = rewrite(analysis, keep)
+    results = [reconstruct(analysis, keep, plain, data, mode="ldrf", frontier=f) for f in (True, False)]
+    (fast, rep_fast), (ref, rep_ref) = results
+    assert rep_fast.passes == rep_ref.passes and rep_fast.fitted == rep_ref.fitted
+    assert [i.name for i in fast.graph.initializer] == [i.name for i in ref.graph.initializer]
+    for a, b in zip(fast.graph.initializer, ref.graph.initializer):
+        x, y = numpy_helper.to_array(a), numpy_helper.to_array(b)
+        # float32 activations from differently fused sessions, through ridge fits: not bit-equal
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-3 * max(float(np.abs(y).max()), 1e-6), err_msg=a.name)
+    feeds = {k: v[:1] for k, v in data[0].items()}
+    want = run(ref, feeds)[0]
+    np.testing.assert_allclose(run(fast, feeds)[0], want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max()))
+    return rep_fast
+
+
+@pytest.mark.parametrize("memory", [None, 0], ids=["in-memory", "spilled-to-disk"])
+def test_frontier_passes_equal_whole_prefix_passes_on_resnet20(monkeypatch, memory):
+    """The bundled ResNet-20 (residual stages, 19 waves): starting each pass from the stored
+    frontier gives the weights that running the whole prefix per pass gives, whether the
+    frontier stays in memory or goes to disk."""
+    from pathlib import Path
+
+    import onnxprune.reconstruct as rc
+
+    if memory is not None:
+        monkeypatch.setattr(rc, "FRONTIER_MEMORY", memory)
+    root = Path(__file__).resolve().parents[1]
+    x = np.load(root / "models" / "fmnist_sample.npz")
+    x = x[x.files[0]][:48]
+    data = [{"input": x[i : i + 16]} for i in range(0, 48, 16)]
+    report = _ldrf_both_ways(load_model(root / "models" / "resnet20_fmnist.onnx").proto, 0, data)
+    assert report.passes >= 10
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_frontier_passes_equal_whole_prefix_passes_on_random_cnns(seed):
+    """Random topologies from the fuzzer (concat, split, SE, long skips, shared weights, ...)."""
+    from fuzz import random_cnn
+
+    proto, blocks = random_cnn(seed)
+    shape = [d.dim_value or 4 for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(seed)
+    data = [{proto.graph.input[0].name: rng.standard_normal(shape).astype(np.float32)} for _ in range(3)]
+    _ldrf_both_ways(proto, seed, data)
+
+
+def test_batches_that_change_between_passes_fall_back_to_whole_prefix_passes():
+    """A source that yields other data on every pass cannot be paired with stored activations:
+    the pass that notices runs the whole prefix, as do all later ones; the result still fits."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    x = np.load(root / "models" / "fmnist_sample.npz")
+    x = x[x.files[0]]
+
+    class Drifting:
+        passes = 0
+
+        def __iter__(self):
+            Drifting.passes += 1
+            start = 16 * (Drifting.passes % 4)
+            return iter([{"input": x[start : start + 16]}, {"input": x[start + 64 : start + 80]}])
+
+    analysis = analyse(load_model(root / "models" / "resnet20_fmnist.onnx"))
+    from graphs import random_keep
+
+    keep = random_keep(analysis, np.random.default_rng(1))
+    plain = rewrite(analysis, keep)
+    fixed, report = reconstruct(analysis, keep, plain, Drifting(), mode="ldrf")
+    assert report.passes >= 10 and report.fitted
+    assert Drifting.passes == report.passes + 1  # one pass noticed the change and was streamed again
+    feeds = {"input": x[100:132]}
+    want = run(analysis.model.proto, feeds)[0]
+    assert np.abs(run(fixed, feeds)[0] - want).mean() < np.abs(run(plain, feeds)[0] - want).mean()
+
+
+def test_frontier_forgets_activations_computed_with_a_weight_a_fold_changes():
+    """One weight read by two convs in a chain (x -> conv W -> relu -> conv W): folding it for
+    the second conv also changes the first, whose output an earlier pass computed and stored.
+    That output must be computed again, as the whole-prefix passes do."""
+    g = G(3)
+    x = g.cbr("x", 3, 6)
+    w = g.w(6, 6, 3, 3)
+    a = g.op("Relu", [g.op("Conv", [x, w], pads=[1] * 4, kernel_shape=[3, 3])])
+    b = g.op("Relu", [g.op("Conv", [a, w], pads=[1] * 4, kernel_shape=[3, 3])])
+    y = g.head(g.cbr(b, 6, 8), 8)
+    proto = g.model(y)
+    rng = np.random.default_rng(0)
+    data = [{"x": rng.standard_normal((8, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    found = False
+    for seed in range(6):
+        report = _ldrf_both_ways(proto, seed, data)
+        found |= report is not None and report.passes >= 2 and bool(report.fitted)
+    assert found
