@@ -83,8 +83,8 @@ from onnxprune.tune import TuneSettings, finetune_model  # noqa: E402
 THREADS = 2
 TAYLOR_IMAGES = 512  # train images whose loss gradients score channels for GroupTaylorImportance
 TP_OTHERS = ("taylor", "bnscale", "fpgm", "lamp")
-DEFAULT_FINETUNE = ("onnxprune:labels,onnxprune:distill,onnxprune-sens:labels,random:labels,tp-magnitude:labels,"
-                    "tp-best:labels")
+DEFAULT_FINETUNE = ("onnxprune:labels,onnxprune:distill@0.5/0.7,onnxprune-sens:labels,random:labels,"
+                    "tp-magnitude:labels,tp-best:labels")
 RESUME_KEYS = ("epochs", "train_images", "train_bn", "calib", "seed")  # settings a reused row must share
 LABEL_NAMES = {"labels": "labels + distillation", "distill": "distillation only"}
 INPUT_SHAPE = (1, architectures.IN_CHANNELS, architectures.INPUT_SIZE, architectures.INPUT_SIZE)
@@ -356,13 +356,20 @@ def previous_rows(ap: argparse.ArgumentParser, args) -> dict[tuple, dict]:
     return out
 
 
-def parse_finetune(spec: str) -> list[tuple[str, str]]:
+def parse_finetune(spec: str) -> list[tuple[str, str, set[float] | None]]:
+    """``METHOD:MODE[@F/F...]`` items: the method fine-tuned in that mode, at the given FLOPs
+    targets only (default: every ``--finetune-fractions`` target)."""
     out = []
     for item in filter(None, spec.split(",")):
-        method, _, mode = item.partition(":")
+        method, _, rest = item.partition(":")
+        mode, _, at = rest.partition("@")
         if mode not in LABEL_NAMES:
-            raise SystemExit(f"error: --finetune item {item!r}: use METHOD:labels or METHOD:distill")
-        out.append((method, mode))
+            raise SystemExit(f"error: --finetune item {item!r}: use METHOD:labels or METHOD:distill[@0.5/0.7]")
+        try:
+            fractions = {float(f) for f in at.split("/")} if at else None
+        except ValueError:
+            raise SystemExit(f"error: --finetune item {item!r}: targets after @ are fractions like 0.5/0.7") from None
+        out.append((method, mode, fractions))
     return out
 
 
@@ -374,14 +381,15 @@ def plan_rows(models, fractions, ft_fractions, methods, ft_items):
     """(model, fraction, method, mode) in table order; mode None = a before-fine-tuning-only row
     (only for methods not fine-tuned at that fraction)."""
     known = set(METHOD_ORDER)
-    for m in [*methods, *(m for m, _ in ft_items)]:
+    for m in [*methods, *(m for m, _, _ in ft_items)]:
         if m not in known:
             raise SystemExit(f"error: unknown method {m!r}; known: {', '.join(METHOD_ORDER)}")
     out = []
     for name in models:
         for fraction in sorted(set(fractions) | set(ft_fractions)):
             for method in METHOD_ORDER:
-                modes = [mode for m, mode in ft_items if m == method] if fraction in ft_fractions else []
+                modes = [mode for m, mode, at in ft_items if m == method and (at is None or fraction in at)] \
+                    if fraction in ft_fractions else []
                 if modes:
                     out += [(name, fraction, method, mode) for mode in modes]
                 elif method in methods and fraction in fractions:
@@ -395,7 +403,8 @@ def main():
     ap.add_argument("--fractions", default="0.3,0.5,0.7", help="FLOPs targets of the before-fine-tuning rows")
     ap.add_argument("--methods", default="onnxprune,onnxprune-sens,random,tp-magnitude,tp-best",
                     help=f"methods with a before-fine-tuning row ({', '.join(METHOD_ORDER)})")
-    ap.add_argument("--finetune", default=DEFAULT_FINETUNE, help="METHOD:labels|distill items to fine-tune")
+    ap.add_argument("--finetune", default=DEFAULT_FINETUNE,
+                    help="METHOD:labels|distill[@F/F] items to fine-tune (@: only at these FLOPs targets)")
     ap.add_argument("--finetune-fractions", default="0.3,0.5,0.7")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-images", type=int, default=None, help="train on N seeded train images (default: all 60k)")

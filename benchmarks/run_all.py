@@ -401,15 +401,15 @@ def run_one(bench: Bench, quick: bool, docs: Path, scratch: Path, timeout: float
     try:
         done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         rc, stdout, stderr = done.returncode, done.stdout, done.stderr
-    except subprocess.TimeoutExpired as exc:
-        rc, stdout, stderr = "timeout", _text(exc.stdout), _text(exc.stderr)
+    except subprocess.TimeoutExpired as exc:  # a resumable script keeps its rows: the next run goes on
+        rc, stdout, stderr = ("stopped" if bench.resumable else "timeout"), _text(exc.stdout), _text(exc.stderr)
     seconds = time.perf_counter() - t0
     log(f"## {bench.name}: exit {rc} after {seconds / 60:.1f} min")
     rec = {"name": bench.name, "command": shown, "quick": quick, "returncode": rc, "seconds": seconds,
            "started": started, "machine": machine(), "load": [load0[0], os.getloadavg()[0]],
            "stdout": stdout[-20000:], "stderr_tail": "\n".join(stderr.strip().splitlines()[-5:])}
     try:
-        rec["summary"] = bench.summary(rec, docs, scratch) if rc == 0 else []
+        rec["summary"] = bench.summary(rec, docs, scratch) if rc in (0, "stopped") else []
     except Exception as exc:  # a summary that cannot read the output must not lose the run record
         rec["summary"] = [f"(summary not available: {type(exc).__name__}: {exc})"]
     return rec
@@ -441,7 +441,8 @@ def markdown(records: dict, docs: Path, command: str) -> str:
         if r is None:
             rows.append([b.name, "not run", "", ""])
         else:
-            status = "ok" if r["returncode"] == 0 else f"FAILED ({r['returncode']})"
+            status = {0: "ok", "stopped": "partial: stopped at the time limit, rerun to resume"}.get(
+                r["returncode"], f"FAILED ({r['returncode']})")
             rows.append([f"[{b.title}](#{_anchor(b.title)})", status + (" (quick)" if r["quick"] else ""),
                          f"{r['seconds'] / 60:.1f} min", r["started"][:10]])
     lines += ["| section | status | run time | date |", "|---|---|---|---|"]
@@ -468,7 +469,10 @@ def markdown(records: dict, docs: Path, command: str) -> str:
             lines += [f"Not run yet: `python benchmarks/{b.name}.py`." if b.script.exists()
                       else f"`benchmarks/{b.name}.py` is not present.", ""]
             continue
-        if r["returncode"] != 0:
+        if r["returncode"] == "stopped":
+            lines += ["**Stopped at the time limit** (`--until`/`--timeout`): the rows below are those measured "
+                      "so far; the same command measures the rest.", ""]
+        elif r["returncode"] != 0:
             last = r["stderr_tail"].splitlines()[-1] if r["stderr_tail"] else ""
             lines += [f"**The last run failed** (exit {r['returncode']}): `{last}`", ""]
         for s in r.get("summary", []):
@@ -508,6 +512,8 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated subset of: " + ",".join(BY_NAME))
     ap.add_argument("--docs", type=Path, help=f"where the docs go (default docs/, or {QUICK_DOCS} with --quick)")
     ap.add_argument("--timeout", type=float, help="seconds per script (default: none)")
+    ap.add_argument("--until", help="HH:MM (local time): stop the script running then, run no further one; "
+                                    "resumable scripts keep their rows")
     ap.add_argument("--list", action="store_true", help="print the scripts and their commands, run nothing")
     ap.add_argument("--fresh", action="store_true", help="remeasure the accuracy scripts' logged rows instead of resuming")
     ap.add_argument("--render", action="store_true", help="rewrite the index from BENCHMARKS.json, run nothing")
@@ -538,6 +544,16 @@ def main() -> None:
         print(f"wrote {docs / 'BENCHMARKS.md'}")
         return
     command = "python benchmarks/run_all.py" + "".join(f" {a}" for a in sys.argv[1:])
+    deadline = None
+    if args.until:
+        try:
+            hour, minute = (int(x) for x in args.until.split(":"))
+            now = datetime.datetime.now()
+            deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        except ValueError:
+            ap.error(f"--until {args.until!r}: give a local time as HH:MM")
+        if deadline <= now:
+            deadline += datetime.timedelta(days=1)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
@@ -546,7 +562,14 @@ def main() -> None:
             if not b.script.exists():
                 log(f"## {n}: benchmarks/{n}.py not present, skipped")
                 continue
-            records[n] = run_one(b, args.quick, docs, scratch, args.timeout, log, fresh=args.fresh)
+            timeout = args.timeout
+            if deadline is not None:
+                left = (deadline - datetime.datetime.now()).total_seconds()
+                if left <= 60:
+                    log(f"## {n}: not started, the --until time has come")
+                    continue
+                timeout = left if timeout is None else min(timeout, left)
+            records[n] = run_one(b, args.quick, docs, scratch, timeout, log, fresh=args.fresh)
             state_path.write_text(json.dumps({"command": command, "records": records}, indent=1, default=str))
             (docs / "BENCHMARKS.md").write_text(markdown(records, docs, command) + "\n")
     log(f"wrote {docs / 'BENCHMARKS.md'}")
