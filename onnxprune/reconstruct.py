@@ -367,8 +367,9 @@ def reconstruct(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, b
             # local: the moments of all channels (one Gram per tensor); kept subsets are sub-blocks
             args = (analysis, atoms if mode == "ldrf" else analysis.kept_atoms(analysis.full_keep()),
                     current if mode == "ldrf" else None, observed, batches, max_positions, seed)
+            later = {consumers[i].observed for wave_ in waves[w + 1:] for i in wave_}
             try:
-                moments = _moments(*args, runners=runners)
+                moments = _moments(*args, runners=runners, later=later)
             except NotReplayable:  # a source that yields other data on every pass: run each prefix whole
                 for r in runners:
                     r.close()
@@ -452,10 +453,12 @@ def _waves(analysis: Analysis, consumers: list[Consumer], active: list[bool]) ->
 
 
 def _moments(analysis: Analysis, atoms: np.ndarray, pruned: onnx.ModelProto | None, observed: list[str],
-             batches, max_positions: int, seed: int, runners: tuple | None = None) -> dict[str, Moments]:
+             batches, max_positions: int, seed: int, runners: tuple | None = None,
+             later: set[str] | None = None) -> dict[str, Moments]:
     """Stream the calibration data; targets from the original model, inputs from ``pruned``
     (LDRF) or from the original's kept channels (local). ``runners``: (original, pruned)
-    ``_Frontier`` objects that run only the part of each graph not computed yet."""
+    ``_Frontier`` objects that run only the part of each graph not computed yet; ``later``: the
+    tensors the passes after this one observe."""
     if runners is None:
         from .rewrite import session
 
@@ -472,7 +475,7 @@ def _moments(analysis: Analysis, atoms: np.ndarray, pruned: onnx.ModelProto | No
     else:
         def lockstep():
             for r in runners:
-                r.begin(observed)
+                r.begin(observed, later)
             for b, batch in enumerate(batches):
                 yield [r.step(b, batch) for r in runners], batch
             for r in runners:
@@ -580,9 +583,11 @@ class _Frontier:
         v = self.store[name][b]
         return v if isinstance(v, np.ndarray) else np.load(v)
 
-    def begin(self, outputs: list[str]) -> None:
+    def begin(self, outputs: list[str], later: set[str] | None = None) -> None:
         """Prepare a pass producing ``outputs``: ``step`` per batch (in the same order on every
-        pass), then ``finish``; afterwards the nodes run are done and their frontier kept."""
+        pass), then ``finish``; afterwards the nodes run are done and their frontier kept. With
+        ``later`` (the tensors later passes will ask for) only the frontier those need is kept:
+        side branches that no later pass reads (auxiliary heads, other outputs) are not stored."""
         from .rewrite import session
 
         self.outputs = outputs
@@ -603,8 +608,10 @@ class _Frontier:
             segment.add(i)
             stack.extend(producer[t] for t in graph.node[i].input if t in producer and t not in self.store)
         self.next_done = {i for i in self.done | segment if graph.node[i].op_type != "Constant"}
+        wanted = None if later is None else _producers_above(graph, producer, later)
         self.frontier = {t for i in self.next_done for t in graph.node[i].output
-                         if t and any(r not in self.next_done for r in readers.get(t, []))}
+                         if t and any(r not in self.next_done and (wanted is None or r in wanted)
+                                      for r in readers.get(t, []))}
         read = {t for i in segment for t in graph.node[i].input}
         self.stored_in = sorted(t for t in read if t in self.store)
         self.new = sorted(t for i in segment for t in graph.node[i].output if t in self.frontier)
@@ -644,6 +651,17 @@ class _Frontier:
             self._drop(t)
         self.store.update(self.kept)
         self.done, self.kept = self.next_done, {}
+
+
+def _producers_above(graph, producer: dict[str, int], names: set[str]) -> set[int]:
+    """The nodes that ``names`` depend on."""
+    seen, stack = set(), [producer[t] for t in names if t in producer]
+    while stack:
+        i = stack.pop()
+        if i not in seen:
+            seen.add(i)
+            stack.extend(producer[t] for t in graph.node[i].input if t in producer)
+    return seen
 
 
 class NotReplayable(Exception):

@@ -216,3 +216,37 @@ def test_frontier_forgets_activations_computed_with_a_weight_a_fold_changes():
         report = _ldrf_both_ways(proto, seed, data)
         found |= report is not None and report.passes >= 2 and bool(report.fitted)
     assert found
+
+
+def test_frontier_keeps_only_the_activations_later_passes_read():
+    """x -> conv -> t -> relu -> a -> conv -> b, and an auxiliary head reading t: after the pass
+    for a, t is on the frontier (its auxiliary reader never ran) but no later pass needs it, so
+    only a is stored; the pass for b then starts from a and equals running the whole model."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.reconstruct import _exposing, _Frontier
+
+    g = G(0)
+    t = g.conv("x", 3, 6)
+    a = g.op("Relu", [t])
+    b = g.op("Relu", [g.conv(a, 6, 6)])
+    aux = g.head(t, 6)
+    proto = g.model(g.head(b, 6))
+    proto.graph.output.append(helper.make_tensor_value_info(aux, TensorProto.FLOAT, None))
+    data = batches(3, shape=(4, 3, 8, 8))
+    for later, stored in ((None, {a, t}), ({b}, {a})):
+        runner = _Frontier(proto, data)
+        try:
+            runner.begin([a], later)
+            for i, batch in enumerate(data):
+                runner.step(i, batch)
+            runner.finish()
+            assert set(runner.store) == stored
+            runner.begin([b], set())
+            got = [runner.step(i, batch)[b] for i, batch in enumerate(data)]
+            runner.finish()
+        finally:
+            runner.close()
+        want = [run(_exposing(proto, [b]), batch)[0] for batch in data]
+        for x, y in zip(got, want):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
