@@ -295,20 +295,24 @@ def shortfalls(docs: Path) -> list[str]:
         summ = latency.efficiency_summary(lat)
         one = {r: v for (t, b, r), v in summ.items() if t == 1}
         if one:
-            parts = []
+            parts, eff = [], {}
             for r in sorted({r for r in one}):
                 vs = [v for (t, b, rr), v in summ.items() if t == 1 and rr == r]
                 lo, hi = min(v["efficiency"] for v in vs), max(v["efficiency"] for v in vs)
+                eff[r] = f"{lo:.0%}-{hi:.0%}"
                 slower = sum(v["slower"] for v in vs)
                 n = sum(v["n"] for v in vs)
-                parts.append(f"{lo:.0%}-{hi:.0%} with round_to {r} ({slower} of {n} slower than the original)")
+                parts.append(f"{eff[r]} with round_to {r} ({slower} of {n} slower than the original)")
             out.append("**Against the FLOPs-predicted speed-up** (onnxruntime CPU, 1 thread, batch 1 and 16, geometric "
                        "mean of measured / predicted): " + "; ".join(parts) + ". The shortfall comes from the kernels, "
                        "not the arithmetic: onnxruntime runs a convolution on its blocked NCHWc kernels only when the "
                        "channel counts suit the block (16 on this AVX-512 CPU); other counts fall back to im2col + GEMM "
-                       "with layout reorders around them. The default `--round-to auto` (multiples of 8) recovers most "
-                       "of it; multiples of 16 recover nearly all on this CPU but depend on the CPU, so they stay an "
-                       "option. Small models (VGG-11 at 9 MMACs) also lose to per-node overheads that MACs do not count.")
+                       "with layout reorders around them. The default `--round-to auto` (multiples of 8) gets "
+                       f"{eff.get(8, '?')} of the predicted speed-up, multiples of 16 {eff.get(16, '?')} on this CPU; "
+                       "the best multiple depends on the CPU's vector width, so 16 stays an option rather than the "
+                       "default, and no allocation against measured latency (`--latency`) exists yet. The rest of the "
+                       "gap is per-node work that MACs do not count (dispatch, elementwise ops, pooling), largest on "
+                       "the smallest model (VGG-11, 9 MMACs per image).")
     tc = _read_json(docs / "TOOL_COST.json")
     if isinstance(tc, dict):
         import tool_cost
@@ -389,7 +393,7 @@ BY_NAME = {b.name: b for b in BENCHES}
 
 def run_one(bench: Bench, quick: bool, docs: Path, scratch: Path, timeout: float | None, log,
             fresh: bool = False) -> dict:
-    args = (bench.quick if quick else bench.full)(docs, scratch)
+    args = [_rel(a) for a in (bench.quick if quick else bench.full)(docs, scratch)]  # run from ROOT
     if bench.resumable and not quick and not fresh:
         args = ["--resume", *args]
     argv = [sys.executable, str(bench.script), *args]
