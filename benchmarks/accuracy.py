@@ -221,7 +221,8 @@ def write(out: Path, args, log: list[dict], base_rows: list[list]) -> str:
     text = ("# Accuracy before fine-tuning\n\nTop-1 on the full Fashion-MNIST test split (10,000 images). "
             f"Calibration: {args.calib} train-split images.\n\nCommand: `python benchmarks/accuracy.py` (all tables, "
             f"both models; `--tables T --models M` reruns part and keeps the rest). Last run: `--tables {args.tables} "
-            f"--models {args.models}`\n\nMachine: {machine()}\n\n" + "\n\n".join(sections) + "\n")
+            f"--models {args.models}{' --resume' if args.resume else ''}`; entries measured on "
+            f"{', '.join(sorted({e['date'] for e in log if e.get('date')})) or 'unrecorded dates'}\n\nMachine: {machine()}\n\n" + "\n\n".join(sections) + "\n")
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(log, indent=1))
     return text

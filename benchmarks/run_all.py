@@ -111,7 +111,8 @@ def sum_accuracy(rec: dict, docs: Path, scratch: Path) -> list[str]:
             parts = []
             for f in sorted({r["flops"] for r in rec_rows if r["model"] == model}):
                 def best(mode):
-                    xs = [r for r in rec_rows if r["model"] == model and r["flops"] == f and r["reconstruct"] == mode]
+                    xs = [r for r in rec_rows if r["model"] == model and r["flops"] == f
+                          and r.get("variant", r.get("reconstruct")) == mode]
                     return max(xs, key=lambda r: r["top1"]) if xs else None
                 ldrf, none = best("ldrf"), best("none")
                 if ldrf and none:
@@ -161,7 +162,7 @@ def sum_finetune(rec: dict, docs: Path, scratch: Path) -> list[str]:
 
 
 def sum_calibration(rec: dict, docs: Path, scratch: Path) -> list[str]:
-    res = _read_json(scratch / "calibration.json")
+    res = _read_json(docs / "CALIBRATION.json") if not rec.get("quick") else _read_json(scratch / "calibration.json")
     if not isinstance(res, dict) or "hrank" not in res:
         return []
     h = res["hrank"]
@@ -367,7 +368,7 @@ BENCHES = [
           "The streamed HRank calibration pass on ResNet-50 against plain inference and HRank's reference code; "
           "rank-kernel timings.",
           None,
-          full=lambda d, s: ["--json", str(s / "calibration.json")],
+          full=lambda d, s: ["--json", str(d / "CALIBRATION.json")],
           quick=lambda d, s: ["--images", "32", "--only", "plain", "hrank", "--json", str(s / "calibration.json")],
           summary=sum_calibration, hand_doc="CALIBRATION.md"),
     Bench("resnet50_cost", "Reconstruction and sensitivity-analysis cost (ResNet-50)",
@@ -543,7 +544,14 @@ def main() -> None:
     state = _read_json(state_path) or {}
     records = state["records"] if "records" in state else state  # older files: the records alone
     command = state.get("command", "python benchmarks/run_all.py")
-    if args.render:
+    if args.render:  # summaries read again from the pages (kept where their scratch output is gone)
+        for n, rec in records.items():
+            if n in BY_NAME and rec["returncode"] in (0, "stopped"):
+                try:
+                    rec["summary"] = BY_NAME[n].summary(rec, docs, Path(tempfile.mkdtemp())) or rec.get("summary", [])
+                except Exception:  # noqa: BLE001  the stored summary stays
+                    pass
+        state_path.write_text(json.dumps({"command": command, "records": records}, indent=1, default=str))
         (docs / "BENCHMARKS.md").write_text(markdown(records, docs, command) + "\n")
         print(f"wrote {docs / 'BENCHMARKS.md'}")
         return
