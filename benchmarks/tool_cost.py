@@ -30,7 +30,8 @@ Stages (the functions ``onnxprune.pipeline.compress`` calls):
   evaluation runs the whole network, plus, when compensated, a ridge solve per consumer of the group);
 * allocation — ``allocate_uniform`` to 50% FLOPs (l1 scores);
 * rewrite, verify — ``rewrite`` and ``verify`` (onnx.checker full check + an onnxruntime run);
-* reconstruction (local / ldrf) — ``reconstruct`` on the 50%-FLOPs model, batches of 64;
+* reconstruction (local / ldrf) — ``reconstruct`` on the 50%-FLOPs model, in the batches compress
+  uses (``recon_batch_size``: a 1 GiB activation budget, 14 images for ResNet-50);
 * fine-tune epoch — ``onnxprune.tune.finetune_model``, one epoch over the images, distillation from
   the original (the images have no labels), AdamW, batch 32, CPU.
 
@@ -263,11 +264,12 @@ def st_verify(c: Context):
 
 def _reconstruction(mode):
     def stage(c: Context):
-        from onnxprune.pipeline import _Batches
+        from onnxprune.pipeline import _Batches, recon_batch_size
         from onnxprune.reconstruct import reconstruct
 
-        _, report = reconstruct(c.analysis, c.allocation.keep, c.pruned, _Batches(c.dataset, 64), mode=mode)
-        c.extra.update(passes=report.passes, fitted=len(report.fitted))
+        size = recon_batch_size(c.analysis)
+        _, report = reconstruct(c.analysis, c.allocation.keep, c.pruned, _Batches(c.dataset, size), mode=mode)
+        c.extra.update(passes=report.passes, fitted=len(report.fitted), batch_size=size)
 
     return stage
 
@@ -383,6 +385,8 @@ def note(r: dict) -> str:
         return f"{r['steps']} steps of batch {r['batch_size']}, distillation from the original"
     if s == "analysis":
         return f"{r['prunable_groups']} prunable groups"
+    if s.startswith("reconstruction") and "batch_size" in r:
+        return f"{r['passes']} pass(es), batches of {r['batch_size']} images"
     return ""
 
 
