@@ -439,7 +439,7 @@ def main():
     calib = calibration_set(args.calib)
     select = fmnist("train", 2000, seed=2)  # importance selection (tp-best) and Taylor gradients
     train = fmnist("train", args.train_images, seed=3)
-    report = Report(args, len(planned))
+    report = Report(args, len(planned), previous)
     workdir = Path(tempfile.mkdtemp(prefix="onnxprune_finetune_"))
 
     pruners = None
@@ -450,7 +450,7 @@ def main():
                 report.tp_table(pruners, fractions, previous)
             pruners = Pruners(name, calib, select, test, workdir, report.log)
             for fraction_ in fractions + ft_fractions:  # the previous run's choice of tp-best, if any
-                best = previous.get(("tp-best", name, fraction_))
+                best = report.carry.pop(("tp-best", name, fraction_), None)
                 if best is not None:
                     pruners.tp_best[fraction_] = best["best"]
                     report.log.append(dict(best, reused=True))
@@ -459,7 +459,7 @@ def main():
             report.base_rows.append([name, f"{base_acc:.2%}", pruners.base.macs, pruners.base.params])
             report.log.append({"event": "base", "model": name, "top1": base_acc, "macs": pruners.base.macs,
                                "params": pruners.base.params})
-        old = previous.get(("row", name, fraction, method, mode))
+        old = report.carry.pop(("row", name, fraction, method, mode), None)
         if old is not None:
             report.add(dict(old, reused=True), table_row(old, args.epochs), time.perf_counter() - t_start)
             continue
@@ -498,8 +498,11 @@ def main():
 class Report:
     """The Markdown and JSON outputs, rewritten after every row (a long run can be read while it runs)."""
 
-    def __init__(self, args, planned: int):
+    def __init__(self, args, planned: int, previous: dict | None = None):
         self.args, self.planned = args, planned
+        # the previous run's records not reused yet: written with the log, so that a run stopped
+        # before reaching them loses none of them (the next --resume finds them again)
+        self.carry = dict(previous or {})
         self.command = " ".join(["python benchmarks/finetune.py", *(shlex.quote(a) for a in sys.argv[1:])])
         self.rows, self.tp_rows, self.base_rows, self.log = [], [], [], []
 
@@ -512,6 +515,8 @@ class Report:
     def tp_table(self, pruners: Pruners, fractions, previous: dict) -> None:
         for fraction in fractions:
             olds = [previous.get(("tp-importance", pruners.name, fraction, imp)) for imp in ("magnitude", *TP_OTHERS)]
+            for imp in ("magnitude", *TP_OTHERS):
+                self.carry.pop(("tp-importance", pruners.name, fraction, imp), None)
             if all(olds):
                 for e in olds:
                     self.log.append(dict(e, reused=True))
@@ -581,7 +586,7 @@ class Report:
         out.write_text(text)
         out.with_suffix(".json").write_text(json.dumps(
             {"command": self.command, "settings": {k: getattr(args, k) for k in RESUME_KEYS}, "seconds": seconds,
-             "complete": final, "log": self.log}, indent=1,
+             "complete": final, "log": self.log + [dict(e, carried=True) for e in self.carry.values()]}, indent=1,
             default=float))
         if final:
             print(text)
