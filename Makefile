@@ -34,7 +34,7 @@ test-fast: setup
 
 # The benchmark suite -> docs/*.md and the index docs/BENCHMARKS.md. Timing scripts measure anew
 # (about 40 min on a quiet 2-core machine); the accuracy scripts resume from their logs in docs/
-# (minutes when complete; measuring every row from scratch, `make bench-fresh`: about 4 h more).
+# (minutes when complete; measuring every row from scratch, `make bench-fresh`: about 3 h more).
 # `make bench-quick` runs reduced configurations into /tmp/onnxprune-bench-quick in minutes.
 bench: setup
 	$(BIN)/pip install -q --no-deps 'torch-pruning>=1.5'
