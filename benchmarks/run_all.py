@@ -55,9 +55,10 @@ class Bench:
     title: str
     what: str
     doc: str | None  # the detailed doc the script writes (file name in the docs dir)
-    full: Callable[[Path, Path], list[str]]  # (docs dir, scratch dir) -> arguments
-    quick: Callable[[Path, Path], list[str]]
     summary: Callable[[dict, Path, Path], list[str]]  # (record, docs dir, scratch dir) -> bullet lines
+    # (docs dir, scratch dir) -> arguments; None: ``--out DOC`` (full), ``--quick --out DOC`` (quick)
+    full: Callable[[Path, Path], list[str]] | None = None
+    quick: Callable[[Path, Path], list[str]] | None = None
     hand_doc: str | None = None  # a hand-written doc in docs/ about the same measurements
     default: bool = True  # part of the default suite (make bench)
     resumable: bool = False  # takes --resume (measures only the rows its log lacks)
@@ -65,6 +66,13 @@ class Bench:
     @property
     def script(self) -> Path:
         return HERE / f"{self.name}.py"
+
+    def argv(self, quick: bool, fresh: bool, docs: Path, scratch: Path) -> list[str]:
+        """The script's arguments, paths relative to the repository (scripts run from ROOT)."""
+        make = self.quick if quick else self.full
+        args = make(docs, scratch) if make else [*(["--quick"] if quick else []), "--out", str(docs / self.doc)]
+        args = [_rel(a) for a in args]
+        return ["--resume", *args] if self.resumable and not quick and not fresh else args
 
 
 # --------------------------------------------------------------------------- summaries
@@ -350,7 +358,6 @@ BENCHES = [
           "Top-1 of the bundled Fashion-MNIST models pruned at 30/50/70% FLOPs by criterion, allocation and "
           "reconstruction, full 10k test split, no fine-tuning.",
           "ACCURACY.md",
-          full=lambda d, s: ["--out", str(d / "ACCURACY.md")],
           quick=lambda d, s: ["--tables", "reconstruction", "--models", "resnet20", "--calib", "256",
                               "--out", str(d / "ACCURACY.md")],
           summary=sum_accuracy, resumable=True),
@@ -358,7 +365,6 @@ BENCHES = [
           "Pruned then fine-tuned with the same loop: onnxprune, Torch-Pruning importances and a random control, "
           "before and after 1 and 3 epochs.",
           "FINETUNE.md",
-          full=lambda d, s: ["--out", str(d / "FINETUNE.md")],
           quick=lambda d, s: ["--models", "vgg11", "--fractions", "0.5", "--methods", "onnxprune,random",
                               "--finetune", "onnxprune:labels", "--finetune-fractions", "0.5", "--epochs", "1",
                               "--train-images", "2000", "--calib", "256", "--out", str(d / "FINETUNE.md")],
@@ -367,15 +373,11 @@ BENCHES = [
           "onnxruntime CPU latency of ResNet-50, MobileNetV2 and the bundled models pruned at 30/50/70% FLOPs "
           "with round_to 1/8/16, original and pruned timed interleaved; why the speed-up falls short.",
           "LATENCY.md",
-          full=lambda d, s: ["--out", str(d / "LATENCY.md")],
-          quick=lambda d, s: ["--quick", "--out", str(d / "LATENCY.md")],
           summary=sum_latency),
     Bench("tool_cost", "Tool cost per stage",
           "Wall time and peak memory of every stage on ResNet-50 at 224 with 256 images, and growth with model "
           "size (ResNet-18/50/101) and with the number of calibration images.",
           "TOOL_COST.md",
-          full=lambda d, s: ["--out", str(d / "TOOL_COST.md")],
-          quick=lambda d, s: ["--quick", "--out", str(d / "TOOL_COST.md")],
           summary=sum_tool_cost),
     Bench("calibration", "HRank calibration cost",
           "The streamed HRank calibration pass on ResNet-50 against plain inference and HRank's reference code; "
@@ -388,8 +390,6 @@ BENCHES = [
           "compress with no / local / ldrf reconstruction; one sensitivity evaluation three ways (rewrite + new "
           "session, masked whole graph, masked changed part only).",
           "RESNET50_COST.md",
-          full=lambda d, s: ["--out", str(d / "RESNET50_COST.md")],
-          quick=lambda d, s: ["--quick", "--out", str(d / "RESNET50_COST.md")],
           summary=sum_resnet50_cost),
     Bench("coverage", "Architecture coverage",
           "Dependency analysis and compress at 30% FLOPs over a corpus of exported CNNs (torchvision, "
@@ -407,11 +407,9 @@ BY_NAME = {b.name: b for b in BENCHES}
 
 def run_one(bench: Bench, quick: bool, docs: Path, scratch: Path, timeout: float | None, log,
             fresh: bool = False) -> dict:
-    args = [_rel(a) for a in (bench.quick if quick else bench.full)(docs, scratch)]  # run from ROOT
-    if bench.resumable and not quick and not fresh:
-        args = ["--resume", *args]
+    args = bench.argv(quick, fresh, docs, scratch)
     argv = [sys.executable, str(bench.script), *args]
-    shown = " ".join(["python", str(bench.script.relative_to(ROOT)), *[_rel(a) for a in args]])
+    shown = " ".join(["python", str(bench.script.relative_to(ROOT)), *args])
     started = datetime.datetime.now().isoformat(timespec="seconds")
     load0 = os.getloadavg()
     log(f"## {bench.name}: {shown}")
@@ -546,10 +544,8 @@ def main() -> None:
     if args.list:
         for n in names:
             b = BY_NAME[n]
-            argv = (b.quick if args.quick else b.full)(docs, Path("SCRATCH"))
-            if b.resumable and not args.quick and not args.fresh:
-                argv = ["--resume", *argv]
-            print(f"{n:14s} python benchmarks/{n}.py {' '.join(_rel(a) for a in argv)}"
+            argv = b.argv(args.quick, args.fresh, docs, Path("SCRATCH"))
+            print(f"{n:14s} python benchmarks/{n}.py {' '.join(argv)}"
                   + ("" if b.script.exists() else "   (script not present)"))
         return
     docs.mkdir(parents=True, exist_ok=True)

@@ -359,8 +359,10 @@ def reconstruct(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, b
         waves = _waves(analysis, consumers, _upstream_pruned(analysis, consumers, touched, atoms))
     fits: dict[int, np.ndarray] = {}
     current = copy.deepcopy(pruned) if mode == "ldrf" else pruned
-    runners = (_Frontier(analysis.model.proto, batches), _Frontier(current, batches)) \
-        if mode == "ldrf" and len(waves) > 1 and frontier else None
+    # subgraphs (If/Loop bodies) read outer tensors a segment would not carry: whole-prefix passes
+    frontier = frontier and mode == "ldrf" and len(waves) > 1 and not any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in current.graph.node for a in n.attribute)
+    runners = (_Frontier(analysis.model.proto, batches), _Frontier(current, batches)) if frontier else None
     try:
         for w, wave in enumerate(waves):
             observed = sorted({consumers[i].observed for i in wave})
@@ -396,10 +398,8 @@ def reconstruct(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, b
             if mode == "ldrf":  # the next waves see this wave's consumers compensated
                 folded = {i: fits[i] for i in wave if i in fits}
                 apply_folds(analysis, keep, current, folded, consumers, in_place=True)
-                if runners is not None:  # the folded nodes and any other reader of their weights
-                    names = {n for i in folded for n in (consumers[i].weight, consumers[i].bias) if n}
-                    runners[1].invalidate({consumers[i].node for i in folded}
-                                          | {j for j, n in enumerate(current.graph.node) if names & set(n.input)})
+                if runners is not None:  # every reader of the folded weights (shared ones too) and below
+                    runners[1].invalidate({n for i in folded for n in (consumers[i].weight, consumers[i].bias) if n})
             if progress:
                 progress(w + 1, len(waves))
     finally:
@@ -477,7 +477,8 @@ def _moments(analysis: Analysis, atoms: np.ndarray, pruned: onnx.ModelProto | No
             for r in runners:
                 r.begin(observed, later)
             for b, batch in enumerate(batches):
-                yield [r.step(b, batch) for r in runners], batch
+                digest = _digest(batch)
+                yield [r.step(b, batch, digest) for r in runners], batch
             for r in runners:
                 r.finish()
         stream = lockstep()
@@ -528,9 +529,6 @@ class _Frontier:
         self.used = 0
         self._tmp = tempfile.TemporaryDirectory(prefix="onnxprune_frontier_")
         self._files = 0
-        graph = proto.graph
-        self.enabled = not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                               for n in graph.node for a in n.attribute)  # subgraphs read outer tensors
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -544,18 +542,9 @@ class _Frontier:
                 readers.setdefault(t, []).append(i)
         return producer, readers
 
-    def invalidate(self, nodes: set[int]) -> None:
-        """Nodes whose weights changed: they and everything below them are computed again."""
-        graph = self.proto.graph
-        _, readers = self._links()
-        stack, gone = list(nodes), set()
-        while stack:
-            i = stack.pop()
-            if i in gone:
-                continue
-            gone.add(i)
-            for t in graph.node[i].output:
-                stack.extend(readers.get(t, []))
+    def invalidate(self, weights: set[str]) -> None:
+        """Initializers that changed: their readers and everything below are computed again."""
+        gone = changed_nodes(self.proto.graph, weights)
         self.done -= gone
         producer, _ = self._links()
         for t in [t for t in self.store if producer.get(t) in gone]:
@@ -591,22 +580,12 @@ class _Frontier:
         from .rewrite import session
 
         self.outputs = outputs
-        if not self.enabled:
-            self.sess = session(_exposing(self.proto, outputs))
-            self.feeds = {i.name for i in self.sess.get_inputs()}
-            return
         graph = self.proto.graph
         producer, readers = self._links()
         # Run every node that makes a needed tensor not stored: the stored frontier is where a
         # pass starts (a node that lost its stored input to a fold reaches further up).
         # Constant nodes are recomputed, never stored per batch (some exporters keep weights in them).
-        segment, stack = set(), [producer[o] for o in outputs if o in producer and o not in self.store]
-        while stack:
-            i = stack.pop()
-            if i in segment:
-                continue
-            segment.add(i)
-            stack.extend(producer[t] for t in graph.node[i].input if t in producer and t not in self.store)
+        segment = _producers_above(graph, producer, set(outputs), stop=set(self.store))
         self.next_done = {i for i in self.done | segment if graph.node[i].op_type != "Constant"}
         wanted = None if later is None else _producers_above(graph, producer, later)
         self.frontier = {t for i in self.next_done for t in graph.node[i].output
@@ -623,11 +602,9 @@ class _Frontier:
         self.kept = {t: [] for t in self.new}
         self.prints_now = []
 
-    def step(self, b: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The pass's outputs for batch number ``b``."""
-        if not self.enabled:
-            return dict(zip(self.outputs, self.sess.run(self.outputs, {k: v for k, v in batch.items() if k in self.feeds})))
-        self.prints_now.append(_digest(batch))
+    def step(self, b: int, batch: dict[str, np.ndarray], digest: bytes) -> dict[str, np.ndarray]:
+        """The pass's outputs for batch number ``b`` (``digest``: ``_digest(batch)``)."""
+        self.prints_now.append(digest)
         if self.prints is not None and (b >= len(self.prints) or self.prints_now[b] != self.prints[b]):
             raise NotReplayable("the calibration batches differ from one pass to the next")
         got = {}
@@ -642,8 +619,6 @@ class _Frontier:
 
     def finish(self) -> None:
         self.sess = None
-        if not self.enabled:
-            return
         if self.prints is not None and len(self.prints_now) != len(self.prints):
             raise NotReplayable("the calibration batches differ from one pass to the next")
         self.prints = self.prints_now
@@ -653,15 +628,32 @@ class _Frontier:
         self.done, self.kept = self.next_done, {}
 
 
-def _producers_above(graph, producer: dict[str, int], names: set[str]) -> set[int]:
-    """The nodes that ``names`` depend on."""
-    seen, stack = set(), [producer[t] for t in names if t in producer]
+def _producers_above(graph, producer: dict[str, int], names: set[str], stop: set[str] = frozenset()) -> set[int]:
+    """The nodes that ``names`` depend on, not looking above the tensors in ``stop``."""
+    seen, stack = set(), [producer[t] for t in names if t in producer and t not in stop]
     while stack:
         i = stack.pop()
         if i not in seen:
             seen.add(i)
-            stack.extend(producer[t] for t in graph.node[i].input if t in producer)
+            stack.extend(producer[t] for t in graph.node[i].input if t in producer and t not in stop)
     return seen
+
+
+def changed_nodes(graph: onnx.GraphProto, names: set[str]) -> set[int]:
+    """Indices of the nodes whose result can change with the tensors ``names``: their readers
+    and everything downstream."""
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(graph.node):
+        for t in n.input:
+            consumers.setdefault(t, []).append(i)
+    changed, stack = set(), [i for t in names for i in consumers.get(t, [])]
+    while stack:
+        i = stack.pop()
+        if i not in changed:
+            changed.add(i)
+            stack.extend(j for t in graph.node[i].output for j in consumers.get(t, []))
+    return changed
+
 
 
 class NotReplayable(Exception):

@@ -27,7 +27,7 @@ from .analysis import IN, Analysis
 from .cost import CostModel
 from .errors import DataError, PlanError
 from .plan import group_key
-from .reconstruct import Compensator
+from .reconstruct import Compensator, changed_nodes
 from .rewrite import session
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -170,22 +170,6 @@ class MaskedEvaluator:
         if metric == "accuracy_drop":
             return self.base["accuracy"] - metrics["accuracy"] + tie
         return metrics[metric] + (tie if metric != "error" else 0.0)
-
-
-def changed_nodes(graph: onnx.GraphProto, names: set[str]) -> set[int]:
-    """Indices of the nodes whose result can change with the tensors ``names``: their readers
-    and everything downstream."""
-    consumers: dict[str, list[int]] = {}
-    for i, n in enumerate(graph.node):
-        for t in n.input:
-            consumers.setdefault(t, []).append(i)
-    changed, stack = set(), [i for t in names for i in consumers.get(t, [])]
-    while stack:
-        i = stack.pop()
-        if i not in changed:
-            changed.add(i)
-            stack.extend(j for t in graph.node[i].output for j in consumers.get(t, []))
-    return changed
 
 
 class _Focus:

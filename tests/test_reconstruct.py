@@ -224,7 +224,7 @@ def test_frontier_keeps_only_the_activations_later_passes_read():
     only a is stored; the pass for b then starts from a and equals running the whole model."""
     from onnx import TensorProto, helper
 
-    from onnxprune.reconstruct import _exposing, _Frontier
+    from onnxprune.reconstruct import _digest, _exposing, _Frontier
 
     g = G(0)
     t = g.conv("x", 3, 6)
@@ -239,11 +239,11 @@ def test_frontier_keeps_only_the_activations_later_passes_read():
         try:
             runner.begin([a], later)
             for i, batch in enumerate(data):
-                runner.step(i, batch)
+                runner.step(i, batch, _digest(batch))
             runner.finish()
             assert set(runner.store) == stored
             runner.begin([b], set())
-            got = [runner.step(i, batch)[b] for i, batch in enumerate(data)]
+            got = [runner.step(i, batch, _digest(batch))[b] for i, batch in enumerate(data)]
             runner.finish()
         finally:
             runner.close()
