@@ -9,6 +9,7 @@ import click
 
 from .common import Progress, data_options, input_shape_option, output_path, parse_input_shapes, side_output
 from .finetune import EpochPrinter, tune_options, tune_settings
+from .recover import RECOVER_SKIPPED, format_recovery, recover_options, recover_settings
 
 EXAMPLES_COMPRESS = """
 \b
@@ -69,6 +70,7 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--finetune", "finetune_data", type=click.Path(),
               help="Fine-tune the pruned model on this data (needs the [torch] extra), distilling from MODEL.")
 @tune_options
+@recover_options
 @click.option("--report", "report_path", type=click.Path(),
               help="Also write the report of this run (.html, .json or .txt by extension); checked before compressing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
@@ -78,7 +80,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
              sensitivity_metric, max_ratio,
              min_channels, round_to, seed, rank_early_stop, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
              finetune_data, epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels,
-             report_path, force, as_json, quiet):
+             recover, recover_time, recover_mode, report_path, force, as_json, quiet):
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
     from onnxprune.errors import OnnxPruneError
@@ -119,11 +121,14 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         reconstruct=reconstruct, seed=seed, calib_batches=calib_batches, batch_size=batch_size,
         eval_images=eval_images, providers=_providers(device), rank_early_stop=rank_early_stop,
         sensitivity_metric=sensitivity_metric,
+        recover=recover_settings(recover, recover_time, recover_mode, data, seed, device),
     )
     with Progress(quiet or as_json) as progress:
         result = run_compress(model, settings, parse_input_shapes(input_shapes), data=data, eval_data=eval_data,
                               sensitivity=sens, progress=progress)
     summary = {**result.summary, "output": str(out), "plan": str(plan_out)}
+    if recover is None and data and settings.recover is None:  # default recovery without torch: say so
+        summary["notes"] = summary.get("notes", []) + [RECOVER_SKIPPED]
     if finetune_data:
         from onnxprune.graph import read_model
         from onnxprune.tune import finetune_model
@@ -178,6 +183,8 @@ def format_summary(s: dict) -> str:
     if "reconstruction" in s:
         r = s["reconstruction"]
         lines.append(f"recon    {r['fitted']} consumers compensated, {r['fallback']} left plain, {r['passes']} passes")
+    if "recovery" in s:
+        lines.append(format_recovery(s["recovery"]))
     if "finetune" in s:
         best = next((h for h in s["finetune"]["history"] if h["epoch"] == s["finetune"]["best_epoch"]), {})
         lines.append(f"tuned    best epoch {s['finetune']['best_epoch']}" +

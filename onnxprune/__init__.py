@@ -24,6 +24,7 @@ _EXPORTS = {
     "Result": "pipeline", "Settings": "pipeline", "apply_plan": "pipeline", "compress": "pipeline",
     "inspect_model": "pipeline", "measured_cost": "pipeline", "sensitivity_analysis": "pipeline",
     "Plan": "plan",
+    "RecoverResult": "recovery", "RecoverSettings": "recovery", "recover": "recovery",  # issue 18
     "Report": "report", "ReportSettings": "report", "build_report": "report", "write_report": "report",
     "verify": "rewrite",
 }

@@ -21,6 +21,7 @@ from .errors import OnnxPruneError, PlanError, TargetError
 from .graph import Model, load_model, read_model
 from .plan import Plan, make_plan, plan_keep
 from .reconstruct import Compensator, reconstruct
+from .recovery import RecoverSettings  # issue 18: label-free recovery
 from .rewrite import rewrite, verify
 from .scoring import DATA_CRITERIA, collect, data_scores, observations
 from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity
@@ -50,6 +51,7 @@ class Settings:
     round_to_fallback: bool = False  # retry with round_to 1 where limits.round_to makes the target unreachable
     sensitivity_metric: str | None = None  # None: accuracy_drop with labels, else kl (classifiers) or error
     providers: tuple | None = None
+    recover: RecoverSettings | None = None  # distil from the original after reconstruction (needs torch)
 
 
 @dataclass
@@ -201,6 +203,13 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         pruned, recon_report = reconstruct(analysis, allocation.keep, pruned, batches, mode=mode, seed=settings.seed,
                                            progress=stage("reconstruction"))
         timer.lap("reconstruction")
+    recovery = None
+    if settings.recover is not None:  # --- label-free recovery (issue 18)
+        from .recovery import recover_stage
+
+        pruned, recovery = recover_stage(model.proto, pruned, analysis, allocation.keep, dataset, settings.recover,
+                                         stage("recovery"))
+        timer.lap("recovery")
     if settings.verify:
         verify(model.proto, pruned, model.input_shapes, settings.seed)
         timer.lap("verify")
@@ -217,6 +226,9 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         "uniform_ratio": allocation.ratio,
         "input_shapes": {k: list(v) for k, v in model.input_shapes.items()},
     }
+    if recovery is not None:  # what apply needs to replay the recovery (issue 18)
+        record["recover"] = {"settings": asdict(settings.recover), "replay": recovery.get("replay"),
+                             "kept": recovery["kept"]}
     predicted = _cost_dict(allocation.base, allocation.cost)
     plan = make_plan(analysis, allocation.kept, record, predicted)
     summary = summarise(analysis, allocation, criterion, timer)
@@ -227,6 +239,10 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     if recon_report is not None:
         summary["reconstruction"] = {"fitted": len(recon_report.fitted), "fallback": len(recon_report.fallback),
                                      "passes": recon_report.passes}
+    if recovery is not None:
+        from .recovery import summary_of
+
+        summary["recovery"] = summary_of(recovery)
     if calibration is not None:
         summary["calibration"] = {"images": calibration.num_images, "provider": calibration.provider,
                                   "batch_size": calibration.batch_size, "warnings": list(calibration.warnings)}
@@ -251,6 +267,8 @@ def _check_settings(settings: Settings, criterion: str, mode: str, dataset, eval
         raise OnnxPruneError(f"reconstruction {mode} fits on activations: give calibration data with --data")
     if settings.rank_early_stop is not None and (criterion != "hrank" or not settings.rank_early_stop > 0):
         raise OnnxPruneError("--rank-early-stop takes a positive tolerance and applies to --criterion hrank only")
+    if settings.recover is not None and dataset is None:
+        raise OnnxPruneError("recovery distils the pruned model on calibration samples: give data with --data")
     if settings.allocation not in ALLOCATIONS:
         raise OnnxPruneError(f"unknown allocation {settings.allocation!r}; available: {', '.join(ALLOCATIONS)}")
     if settings.allocation == "sensitivity" and dataset is None and evalset is None:
@@ -301,9 +319,11 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
     made with reconstruction needs the same calibration data to reproduce the fitted weights."""
     shapes = input_shapes or {k: tuple(v) for k, v in plan.settings.get("input_shapes", {}).items()} or None
     mode = plan.settings.get("reconstruct", "none")
-    if mode != "none" and data is None:
-        raise PlanError(f"the plan was made with reconstruction '{mode}': pass the same calibration data (--data)")
-    model, dataset, _ = load_inputs(source, shapes, data if mode != "none" else None)
+    recovered = (plan.settings.get("recover") or {}).get("kept", "unchanged") != "unchanged"  # issue 18
+    if (mode != "none" or recovered) and data is None:
+        what = f"reconstruction '{mode}'" if mode != "none" else "recovery"
+        raise PlanError(f"the plan was made with {what}: pass the same calibration data (--data)")
+    model, dataset, _ = load_inputs(source, shapes, data if mode != "none" or recovered else None)
     _, analysis, _ = prepare(model)
     keep = analysis.keep_vector(plan_keep(analysis, plan))
     pruned = rewrite(analysis, keep)
@@ -311,6 +331,12 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
         batches = _Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
                            plan.settings.get("calib_batches"))
         pruned, _ = reconstruct(analysis, keep, pruned, batches, mode=mode, seed=plan.settings.get("seed", 0))
+    if recovered:  # --- replay the recorded recovery steps (issue 18)
+        from .recovery import recover_stage
+
+        rec = plan.settings["recover"]
+        pruned, _ = recover_stage(model.proto, pruned, analysis, keep, dataset, RecoverSettings(**rec["settings"]),
+                                  replay=rec["replay"])
     if check:
         verify(model.proto, pruned, model.input_shapes)
     return pruned

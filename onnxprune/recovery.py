@@ -1,0 +1,175 @@
+"""Label-free recovery: distil the pruned model from the original on the calibration samples.
+
+One-shot channel selection and least-squares refits leave an error that a short distillation
+from the original model removes, with no labels and a few hundred samples (global AdaPrune,
+BRECQ, SNOWS). This module is the torch-free front: settings, data loading, and the glue the
+pipeline calls; the training itself is :mod:`onnxprune.torch.recover`, imported only when a run
+starts (``pip install 'onnxprune[torch]'``).
+
+    result = recover(pruned, original, "calib.npz", RecoverSettings(time=60))
+    result.model, result.report["heldout_after"]
+
+The returned model is never worse than ``pruned`` on the held-out part of the samples: when no
+state beats the starting point, ``pruned`` comes back unchanged (``report["kept"] == "unchanged"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import onnx
+
+from .data import input_specs, load_data
+from .errors import OnnxPruneError, require_torch
+
+MODES = ("global", "blockwise")
+DEFAULT_TIME = 180.0  # seconds; ResNet-50 at 224 with 256 images stays within 10 min of compress on 2 cores
+DEFAULT_EPOCHS = 30  # over the training part of the samples; the small bundled models finish well under 1 min
+INSTALL_HINT = "pip install 'onnxprune[torch]'"
+
+
+@dataclass(frozen=True)
+class RecoverSettings:
+    """What :func:`recover` does.
+
+    ``time`` (seconds, whole stage) and ``steps`` (optimizer steps) bound the run, whichever ends
+    first; ``None`` for ``time`` is :data:`DEFAULT_TIME`, and without ``steps`` the run is at most
+    ``epochs`` passes over the training samples. ``mode`` "global" distils the whole model
+    (outputs plus intermediate features); "blockwise" refits one block after the other (BRECQ).
+    ``holdout`` is the held-out share of the samples (at least 16 samples) used for early stopping
+    and for the never-worse guarantee. ``augment`` "auto" shifts image inputs by a few pixels
+    (never flips) and leaves other inputs alone.
+    """
+
+    time: float | None = None
+    steps: int | None = None
+    epochs: int = DEFAULT_EPOCHS
+    mode: str = "global"
+    lr: float = 3e-4
+    batch_size: int = 64
+    temperature: float = 4.0
+    feature_weight: float = 1.0
+    max_features: int = 32
+    holdout: float = 0.125
+    patience: int = 6  # held-out evaluations without improvement before stopping
+    augment: str = "auto"  # "auto" | "none"
+    seed: int = 0
+    device: str = "cpu"
+    max_samples: int = 4096
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise OnnxPruneError(f"unknown recovery mode {self.mode!r}; available: {', '.join(MODES)}")
+        if self.time is not None and not self.time > 0:
+            raise OnnxPruneError(f"recovery time must be positive seconds, got {self.time}")
+        if self.steps is not None and self.steps < 1:
+            raise OnnxPruneError(f"recovery steps must be at least 1, got {self.steps}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or not self.temperature > 0:
+            raise OnnxPruneError("recovery epochs, batch size, learning rate and temperature must be positive")
+        if not 0.0 < self.holdout < 1.0:
+            raise OnnxPruneError(f"recovery holdout must be a fraction in (0, 1), got {self.holdout}")
+        if self.augment not in ("auto", "none"):
+            raise OnnxPruneError(f"recovery augment must be 'auto' or 'none', got {self.augment!r}")
+
+    @property
+    def budget(self) -> float:
+        return DEFAULT_TIME if self.time is None else float(self.time)
+
+
+@dataclass
+class RecoverResult:
+    """``model``: the recovered ModelProto (``pruned`` itself, copied, when nothing beat it);
+    ``report``: held-out fidelity before/after, steps, seconds, why it stopped (see the torch module)."""
+
+    model: onnx.ModelProto
+    report: dict
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def recover(pruned: onnx.ModelProto, original: onnx.ModelProto, data, settings: RecoverSettings | None = None, *,
+            channels: dict | None = None, progress=None, replay: dict | None = None, **overrides) -> RecoverResult:
+    """Distil ``pruned`` from ``original`` on ``data`` (anything ``load_data`` reads; labels ignored).
+
+    ``channels`` maps an activation of ``original`` to ``(axis, kept indices)`` in ``pruned``, so
+    that pruned intermediate tensors are matched to the original's kept channels (the pipeline
+    passes it; without it only tensors whose shape did not change are matched). ``progress``
+    receives one dict per step and per held-out evaluation. ``replay`` (from a previous report's
+    ``"replay"``) reruns exactly the same schedule, for ``apply``. Keyword ``overrides`` replace
+    settings fields: ``recover(p, o, d, time=30, mode="blockwise")``.
+    """
+    settings = replace(settings or RecoverSettings(), **overrides)
+    settings.check()
+    require_torch()
+    from .torch.recover import distil
+
+    if not isinstance(pruned, onnx.ModelProto) or not isinstance(original, onnx.ModelProto):
+        raise OnnxPruneError("recover takes the pruned and the original model as onnx.ModelProto")
+    dataset = data if hasattr(data, "batches") else load_data(data, input_specs(original), labels=False)
+    arrays = _arrays(dataset, settings.max_samples)
+    model, report = distil(pruned, original, arrays, settings, channels or {}, progress, replay)
+    report["settings"] = {k: v for k, v in asdict(settings).items() if k not in ("device",)}
+    return RecoverResult(model, report)
+
+
+def _arrays(dataset, limit: int) -> dict[str, np.ndarray]:
+    """All samples (at most ``limit``) as one array per input, in the data's order."""
+    parts: dict[str, list[np.ndarray]] = {}
+    count = 0
+    for batch in dataset.batches():
+        for name, value in batch.items():
+            parts.setdefault(name, []).append(np.asarray(value))
+        count += len(next(iter(batch.values())))
+        if count >= limit:
+            break
+    if not parts:
+        raise OnnxPruneError("recovery got no samples")
+    return {name: np.concatenate(p)[:limit] for name, p in parts.items()}
+
+
+def kept_channels(analysis, keep: np.ndarray) -> dict[str, tuple[int, np.ndarray]]:
+    """``{activation: (axis, kept channel indices)}`` for every activation that pruning shrank."""
+    atoms = analysis.kept_atoms(keep)
+    out: dict[str, tuple[int, np.ndarray]] = {}
+    seen: set[str] = set()
+    for d in analysis.dims:
+        if d.constant:
+            continue
+        if d.tensor in seen:  # a tensor pruned along two axes: not matched channel-wise
+            out.pop(d.tensor, None)
+            continue
+        seen.add(d.tensor)
+        idx = analysis.kept_index(atoms, d)
+        if len(idx) < d.size:
+            out[d.tensor] = (d.axis, idx)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Pipeline glue (compress and apply call these; kept here so their hooks stay one line each)
+
+
+def recover_stage(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis, keep, dataset,
+                  settings: RecoverSettings, progress=None, replay: dict | None = None) -> tuple[onnx.ModelProto, dict]:
+    """The pipeline's recovery stage: ``(model, report)``; progress as ``(done, total)``."""
+    def relay(event: dict) -> None:
+        if progress is not None and event.get("event") == "step":
+            progress(event["step"], event["total"])
+
+    result = recover(pruned, original, dataset, settings, channels=kept_channels(analysis, keep),
+                     progress=relay, replay=replay)
+    return result.model, result.report
+
+
+def summary_of(report: dict) -> dict:
+    """What the summary and the plan keep of a recovery report."""
+    keys = ("mode", "kept", "stopped", "steps", "planned_steps", "seconds", "heldout_before", "heldout_after",
+            "train_samples", "heldout_samples", "features", "augment", "replay", "skipped")
+    return {k: report[k] for k in keys if k in report}

@@ -1,0 +1,490 @@
+"""Label-free recovery in torch: the pruned model learns to reproduce the original's outputs and
+intermediate features on calibration samples (no labels), with its pruned channels left out.
+
+Loss. Per model output: ``T**2 * KL`` of the tempered softmax for a classifier (a 2-D ``[N, C]``
+output) and, per position, for sequence posteriors (a 3-D output whose last axis holds
+probabilities, log-probabilities or comes from a (Log)Softmax node: CTC heads, ``[N, T, C]`` or
+``[T, N, C]``); normalised MSE (``|s - t|^2 / |t|^2``) otherwise. Plus ``feature_weight`` times
+the mean normalised MSE at intermediate tensors that exist in both models: the inputs of the
+pruned model's weighted layers (what global AdaPrune matches), either unchanged in shape or
+matched to the original's kept channels (``channels``).
+
+Mask. The pruned model's channels are physically gone, so only the remaining weights train and
+every shape stays as it is; BatchNormalization keeps its running statistics (small batches).
+
+Guarantee. ``holdout`` of the samples (at least 16) never train; the held-out fidelity (KL at
+T=1 or normalised MSE of the outputs) is measured before training and during it, the best state
+is kept, and when nothing beats the start the pruned model comes back unchanged.
+
+Budget and determinism. The run stops at the step budget, at the time budget (the number of
+steps is fixed after a short warm-up from the measured step time, so the learning-rate schedule
+is step-based) or after ``patience`` evaluations without improvement. With the same settings and
+the same number of steps (``replay``) a CPU run is bit-for-bit reproducible.
+
+Block-wise mode (BRECQ): the graph is cut where a single tensor carries everything forward
+(residual block outputs); each block in turn learns to map the recovered prefix's output to the
+original's block output, then the next block starts from the new prefix.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+
+from ..errors import OnnxPruneError
+from .bridge import _TORCH_DTYPES, OnnxModule, to_torch, write_back
+
+MIN_HOLDOUT = 16
+WARMUP_STEPS = 3  # linear warm-up; the time budget fixes the step count at its end
+EVALUATIONS = 20  # held-out evaluations over a run
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+IMAGE_CHANNELS = (1, 3, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# Running a module with captured intermediate tensors
+
+
+def _env(module: OnnxModule) -> dict[str, Any]:
+    module._state.training = module.training
+    env: dict[str, Any] = dict(module._static)
+    for name, (where, key) in module._keys.items():
+        env[name] = module.weights[key] if where == "weights" else getattr(module.constants, key)
+    return env
+
+
+def _execute(module: OnnxModule, env: dict[str, Any], start: int, stop: int, capture=()) -> dict[str, torch.Tensor]:
+    """Run nodes ``start..stop-1`` in ``env`` (updated in place); return the captured tensors."""
+    taken: dict[str, torch.Tensor] = {}
+    for node, free in zip(module._nodes[start:stop], module._free_after[start:stop]):
+        result = node.fn(node, *[env[i] if i else None for i in node.inputs])
+        if not isinstance(result, (tuple, list)):
+            result = (result,)
+        for name, value in zip(node.outputs, result):
+            if name:
+                env[name] = value
+                if name in capture:
+                    taken[name] = value
+        for name in free:
+            if name not in capture:
+                env.pop(name, None)
+    return taken
+
+
+def run(module: OnnxModule, inputs: dict[str, torch.Tensor], capture=()) -> tuple[list[torch.Tensor], dict]:
+    """The module's outputs (a list) and the tensors named in ``capture``."""
+    env = _env(module)
+    env.update({n: inputs[n] for n in module.input_names})
+    feats = _execute(module, env, 0, len(module._nodes), set(capture))
+    return [env[n] for n in module.output_names], feats
+
+
+# --------------------------------------------------------------------------------------------
+# What to match: output kinds and feature tensors
+
+
+def _output_kind(t: torch.Tensor, producer: str | None) -> str:
+    """"class" ([N, C] logits or probabilities), "seq" (per-position posteriors) or "mse"."""
+    if not t.is_floating_point():
+        return "none"
+    if t.dim() == 2 and t.shape[1] >= 2:
+        return "class"
+    if t.dim() == 3 and t.shape[-1] >= 2:
+        if producer in ("Softmax", "LogSoftmax") or _probabilities(t) or _probabilities(t.exp()):
+            return "seq"
+    return "mse"
+
+
+def _probabilities(t: torch.Tensor) -> bool:
+    t = t.double()
+    return bool((t >= -1e-6).all()) and bool(torch.allclose(t.sum(-1), torch.ones_like(t.sum(-1)), atol=1e-3))
+
+
+def _as_logits(t: torch.Tensor) -> torch.Tensor:
+    """Probabilities become log-probabilities (valid logits); logits stay."""
+    if bool((t >= 0).all()) and bool(torch.allclose(t.sum(-1), torch.ones_like(t.sum(-1)), atol=1e-3)):
+        return t.clamp_min(1e-12).log()
+    return t
+
+
+def _kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over positions of ``T**2 * KL(p_teacher || p_student)`` along the last axis."""
+    s = _as_logits(student).reshape(-1, student.shape[-1]) / temperature
+    t = _as_logits(teacher).reshape(-1, teacher.shape[-1]) / temperature
+    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), reduction="sum", log_target=True)
+    return kl / s.shape[0] * temperature**2
+
+
+def _nmse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    return ((student - teacher) ** 2).sum() / ((teacher**2).sum() + 1e-12)
+
+
+def output_loss(kinds: list[str], student: list[torch.Tensor], teacher: list[torch.Tensor], temperature: float):
+    loss = student[0].new_zeros(())
+    for kind, s, t in zip(kinds, student, teacher):
+        if kind in ("class", "seq"):
+            loss = loss + _kl(s, t, temperature)
+        elif kind == "mse":
+            loss = loss + _nmse(s, t)
+    return loss
+
+
+class Matcher:
+    """Intermediate tensors of the student matched to the teacher: ``name -> (axis, index)`` or
+    ``name -> None`` (same shape). Chosen on a probe batch: inputs of the student's weighted
+    layers that the teacher also has, whose shape agrees (directly or through ``channels``) and
+    whose values differ (tensors upstream of every change need no matching)."""
+
+    def __init__(self, student: OnnxModule, teacher: OnnxModule, channels: dict, probe: dict, limit: int):
+        names = []
+        inputs = set(student.input_names) | set(student.output_names)
+        for node in student._nodes:
+            if node.op in WEIGHTED_OPS and node.inputs and node.inputs[0] not in inputs:
+                names.append(node.inputs[0])
+        names = list(dict.fromkeys(names))
+        with torch.no_grad():
+            _, s_feats = run(student, probe, names)
+            _, t_feats = run(teacher, probe, names)
+        self.select: dict[str, tuple[int, torch.Tensor] | None] = {}
+        for name in names:
+            s, t = s_feats.get(name), t_feats.get(name)
+            if s is None or t is None or not s.is_floating_point():
+                continue
+            how = self._how(name, s, t, channels)
+            if how is False:
+                continue
+            if torch.equal(s, self._pick(t, how)):
+                continue
+            self.select[name] = how
+        if len(self.select) > limit:  # evenly spaced along the network
+            keys = list(self.select)
+            picked = {keys[round(i * (len(keys) - 1) / (limit - 1))] for i in range(limit)} if limit > 1 else {keys[-1]}
+            self.select = {k: v for k, v in self.select.items() if k in picked}
+
+    @staticmethod
+    def _how(name, s, t, channels):
+        if s.shape == t.shape:
+            return None
+        if name in channels and s.dim() == t.dim():
+            axis, idx = channels[name]
+            idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+            shape = list(t.shape)
+            shape[axis] = len(idx)
+            if list(s.shape) == shape:
+                return axis, idx
+        return False
+
+    @staticmethod
+    def _pick(t: torch.Tensor, how) -> torch.Tensor:
+        if how is None:
+            return t
+        axis, idx = how
+        return t.index_select(axis, idx.to(t.device))
+
+    def loss(self, s_feats: dict, t_feats: dict) -> torch.Tensor | None:
+        terms = [_nmse(s_feats[n], self._pick(t_feats[n], how)) for n, how in self.select.items()]
+        return torch.stack(terms).mean() if terms else None
+
+
+# --------------------------------------------------------------------------------------------
+# Data: split, batches, augmentation
+
+
+def _is_image(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.is_floating_point() and t.shape[1] in IMAGE_CHANNELS and min(t.shape[2:]) >= 16
+
+
+def shift_images(x: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:
+    """Shift every NCHW image by up to ``max_shift`` pixels each way (edge pixels repeated): a
+    small translation keeps the label of any image task, unlike a flip (text, digits, lanes)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, mode="replicate")
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+class Samples:
+    """All samples as tensors, split once (seeded) into training and held-out parts."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], student: OnnxModule, teacher: OnnxModule, settings, device):
+        dtypes = {**{n: _TORCH_DTYPES.get(e) for n, e in teacher.input_types.items()},
+                  **{n: _TORCH_DTYPES.get(e) for n, e in student.input_types.items()}}
+        names = list(dict.fromkeys(student.input_names + teacher.input_names))
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise OnnxPruneError(f"recovery data lacks model input(s) {missing}")
+        self.x = {n: torch.from_numpy(np.ascontiguousarray(arrays[n])).to(device=device, dtype=dtypes.get(n)) for n in names}
+        self.n = len(next(iter(self.x.values())))
+        generator = torch.Generator().manual_seed(settings.seed)
+        order = torch.randperm(self.n, generator=generator)
+        held = max(MIN_HOLDOUT, int(round(self.n * settings.holdout)))
+        self.heldout, self.train = order[:held].sort().values, order[held:]
+        self.augment = settings.augment == "auto"
+        self.images = {n for n, t in self.x.items() if self.augment and _is_image(t)}
+
+    def take(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: t[index.to(t.device)] for n, t in self.x.items()}
+
+    def chunks(self, index: torch.Tensor, size: int):
+        for start in range(0, len(index), size):
+            yield self.take(index[start : start + size])
+
+    def augmented(self, batch: dict, generator: torch.Generator) -> dict:
+        """Image inputs: each image shifted by up to 1/14 of its size, then half of the batch
+        mixed with another image (mixup, weight uniform in [0, 0.5]). Labels play no part: the
+        original model scores whatever the input is, so a mixed image is as good a sample as a
+        real one, and 448 images become many (distillation from few samples overfits otherwise)."""
+        out = dict(batch)
+        for name in self.images:
+            t = batch[name]
+            t = shift_images(t, generator, max(1, round(min(t.shape[2:]) / 14)))
+            n = t.shape[0]
+            partner = torch.randperm(n, generator=generator).to(t.device)
+            weight = torch.rand(n, generator=generator) * 0.5
+            weight[torch.rand(n, generator=generator) < 0.5] = 0.0
+            weight = weight.to(t.device, t.dtype).view(-1, *([1] * (t.dim() - 1)))
+            out[name] = (1 - weight) * t + weight * t[partner]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+class HeldOut:
+    """Teacher outputs on the held-out samples, computed once; scores a student against them."""
+
+    def __init__(self, samples: Samples, teacher: OnnxModule, kinds: list[str], batch_size: int):
+        self.samples, self.kinds, self.batch_size = samples, kinds, batch_size
+        with torch.no_grad():
+            self.targets = [run(teacher, b)[0] for b in samples.chunks(samples.heldout, batch_size)]
+
+    @torch.no_grad()
+    def score(self, student: OnnxModule) -> dict:
+        """``loss`` (summed over outputs: KL at T=1 per position, or normalised MSE) and, for
+        the first classifier-like output, ``agreement`` (share of positions whose arg-max matches)."""
+        was = student.training
+        student.eval()
+        num, den = np.zeros(len(self.kinds)), np.zeros(len(self.kinds))
+        first = next((k for k, kind in enumerate(self.kinds) if kind in ("class", "seq")), None)
+        agree = 0
+        for batch, target in zip(self.samples.chunks(self.samples.heldout, self.batch_size), self.targets):
+            outs = run(student, batch)[0]
+            for k, (kind, s, t) in enumerate(zip(self.kinds, outs, target)):
+                if kind in ("class", "seq"):
+                    positions = s.numel() // s.shape[-1]
+                    num[k] += float(_kl(s, t, 1.0)) * positions
+                    den[k] += positions
+                    if k == first:
+                        agree += int((s.argmax(-1) == t.argmax(-1)).sum())
+                elif kind == "mse":
+                    num[k] += float(((s.double() - t.double()) ** 2).sum())
+                    den[k] += float((t.double() ** 2).sum())
+        student.train(was)
+        out = {"loss": float(sum(n / max(d, 1e-30) for n, d in zip(num, den) if d))}
+        if first is not None:
+            out["agreement"] = agree / den[first]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+@contextmanager
+def _deterministic():
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OnnxPruneError(f"device {name!r} was requested but CUDA is not available to torch")
+    return dev
+
+
+def lr_at(base: float, step: int, total: int) -> float:
+    """Linear warm-up over WARMUP_STEPS, then cosine to 0 at ``total``."""
+    if step < WARMUP_STEPS:
+        return base * (step + 1) / WARMUP_STEPS
+    span = max(1, total - WARMUP_STEPS)
+    return 0.5 * base * (1.0 + math.cos(math.pi * min(step - WARMUP_STEPS, span) / span))
+
+
+def distil(pruned: onnx.ModelProto, original: onnx.ModelProto, arrays: dict[str, np.ndarray], settings,
+           channels: dict, progress=None, replay: dict | None = None) -> tuple[onnx.ModelProto, dict]:
+    """Recover ``pruned`` from ``original`` on ``arrays``; ``(model, report)`` (see the module doc)."""
+    t0 = time.perf_counter()
+    with _deterministic():
+        torch.manual_seed(settings.seed)
+        dev = _device(settings.device)
+        student = to_torch(pruned).to(dev)
+        teacher = to_torch(original).to(dev).eval().requires_grad_(False)
+        samples = Samples(arrays, student, teacher, settings, dev)
+        report: dict[str, Any] = {"mode": settings.mode, "train_samples": len(samples.train),
+                                  "heldout_samples": len(samples.heldout), "augment": sorted(samples.images)}
+        if len(samples.train) < MIN_HOLDOUT:
+            unchanged = onnx.ModelProto()
+            unchanged.CopyFrom(pruned)
+            return unchanged, {**report, "kept": "unchanged", "steps": 0, "seconds": round(time.perf_counter() - t0, 3),
+                               "stopped": f"skipped: {samples.n} samples, recovery needs at least {2 * MIN_HOLDOUT}"}
+        probe = samples.take(samples.train[: min(8, len(samples.train))])
+        with torch.no_grad():
+            probe_out = run(teacher, probe)[0]
+        producer = {o: nd.op for nd in teacher._nodes for o in nd.outputs}
+        kinds = [_output_kind(t, producer.get(n)) for t, n in zip(probe_out, teacher.output_names)]
+        heldout = HeldOut(samples, teacher, kinds, settings.batch_size)
+        if settings.mode == "blockwise":
+            from .recover_blocks import train_blockwise as train
+        else:
+            train = _train_global
+        best_state, info = train(student, teacher, samples, heldout, kinds, channels, settings, t0, progress, replay)
+    report.update(info)
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    if best_state is None:
+        unchanged = onnx.ModelProto()
+        unchanged.CopyFrom(pruned)
+        report["kept"] = "unchanged"
+        return unchanged, report
+    student.load_state_dict(best_state)
+    return write_back(student, pruned), report
+
+
+def _state(module: OnnxModule) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class Budget:
+    """Steps and seconds of one fit. Without ``replay`` the number of steps is fixed once the
+    warm-up steps have measured how long a step takes; with ``replay`` it is the recorded one."""
+
+    def __init__(self, deadline: float, by_steps: int, eval_seconds: float, replay: dict | None):
+        self.deadline, self.eval_seconds = deadline, eval_seconds
+        self.planned = replay["planned_steps"] if replay else by_steps
+        self.stop_at = replay["steps"] if replay else None
+        self.replay = replay is not None
+        self.why = "steps"
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def plan(self, done: int, seconds_per_step: float) -> None:
+        """After the warm-up: how many steps fit in the time left (evaluations included)."""
+        if self.replay:
+            return
+        evaluations = min(EVALUATIONS, max(1, self.planned - done)) + 1
+        fit = done + max(0, int((self.left() - self.eval_seconds * evaluations) / max(seconds_per_step, 1e-9)))
+        if fit < self.planned:
+            self.planned, self.why = max(done, fit), "time"
+
+    def more(self, step: int) -> bool:
+        if self.stop_at is not None:
+            return step < self.stop_at
+        if step >= self.planned:
+            return False
+        if self.left() <= self.eval_seconds:
+            self.why = "time"
+            return False
+        return True
+
+
+def fit(module: OnnxModule, params: list, batch_loss, n_train: int, evaluate, budget: Budget, settings,
+        generator: torch.Generator, progress=None, label: str = "") -> tuple[dict | None, dict]:
+    """Adam on ``params`` over shuffled batches of ``range(n_train)`` (``batch_loss(index)`` gives
+    the loss), held-out ``evaluate()`` about EVALUATIONS times; returns (best state of ``module``
+    or None when nothing beat the start, report items)."""
+    te = time.perf_counter()
+    start = evaluate()
+    budget.eval_seconds = time.perf_counter() - te
+    bs = min(settings.batch_size, n_train)
+    opt = torch.optim.Adam(params, lr=settings.lr)
+    best, best_step, best_state = start, 0, None
+    history = [{"step": 0, **start}]
+    step, stale, why = 0, 0, None
+    tw = time.perf_counter()
+
+    def record(score: dict) -> bool:
+        nonlocal best, best_step, best_state
+        history.append({"step": step, **score})
+        if progress is not None:
+            progress({"event": "eval", "block": label, "step": step, **score})
+        if score["loss"] < best["loss"] * (1 - 1e-4):
+            best, best_step, best_state = score, step, _state(module)
+            return True
+        return False
+
+    module.train()
+    while why is None:
+        order = torch.randperm(n_train, generator=generator)
+        for begin in range(0, n_train, bs):
+            if step == WARMUP_STEPS:  # before the check: the plan may end the run here
+                budget.plan(step, (time.perf_counter() - tw) / step)
+            if not budget.more(step):
+                why = budget.why
+                break
+            every = max(1, math.ceil(budget.planned / EVALUATIONS)) if step >= WARMUP_STEPS else None
+            loss = batch_loss(order[begin : begin + bs])
+            if not torch.isfinite(loss):
+                why = f"loss became {float(loss.detach())} at step {step}"
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr_at(settings.lr, step, budget.planned)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if progress is not None:
+                progress({"event": "step", "block": label, "step": step, "total": budget.planned,
+                          "loss": float(loss.detach()), "seconds_left": budget.left()})
+            if (every and step % every == 0) or step == budget.planned:
+                stale = 0 if record(evaluate()) else stale + 1
+                if stale >= settings.patience and not budget.replay:
+                    why = f"early stop: no held-out improvement in {stale} evaluations"
+                    break
+    if step and history[-1]["step"] != step:  # the budget ended between evaluations
+        record(evaluate())
+    info = {"heldout_before": start, "heldout_after": best, "steps": step, "planned_steps": budget.planned,
+            "kept": f"step {best_step}" if best_state is not None else "unchanged", "stopped": why,
+            "history": history, "replay": {"planned_steps": budget.planned, "steps": step}}
+    return best_state, info
+
+
+def _train_global(student, teacher, samples, heldout, kinds, channels, settings, t0, progress, replay):
+    """Whole-model distillation (outputs + features); returns (best state or None, report items)."""
+    probe = samples.take(samples.train[: min(8, len(samples.train))])
+    matcher = Matcher(student, teacher, channels, probe, settings.max_features) if settings.feature_weight > 0 else None
+    names = list(matcher.select) if matcher else []
+    generator = torch.Generator().manual_seed(settings.seed + 1)
+
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:
+        batch = samples.augmented(samples.take(samples.train[index]), generator)
+        with torch.no_grad():
+            t_out, t_feats = run(teacher, batch, names)
+        s_out, s_feats = run(student, batch, names)
+        loss = output_loss(kinds, s_out, t_out, settings.temperature)
+        feat = matcher.loss(s_feats, t_feats) if matcher else None
+        return loss if feat is None else loss + settings.feature_weight * feat
+
+    bs = min(settings.batch_size, len(samples.train))
+    by_steps = settings.steps if settings.steps is not None else settings.epochs * math.ceil(len(samples.train) / bs)
+    budget = Budget(t0 + settings.budget, by_steps, 0.0, replay)
+    params = [p for p in student.parameters() if p.requires_grad]
+    best_state, info = fit(student, params, batch_loss, len(samples.train), lambda: heldout.score(student), budget,
+                           settings, generator, progress)
+    info["features"] = len(names)
+    return best_state, info
