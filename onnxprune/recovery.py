@@ -46,14 +46,14 @@ class RecoverSettings:
     steps: int | None = None
     epochs: int = DEFAULT_EPOCHS
     mode: str = "global"
-    lr: float = 3e-4
+    lr: float = 1e-3
     batch_size: int = 64
     temperature: float = 4.0
     feature_weight: float = 1.0
     max_features: int = 32
     holdout: float = 0.125
     patience: int = 6  # held-out evaluations without improvement before stopping
-    augment: str = "auto"  # "auto" | "none"
+    augment: str = "auto"  # "auto" (image shifts) | "mixup" (shifts and mixup) | "none"
     seed: int = 0
     device: str = "cpu"
     max_samples: int = 4096
@@ -69,8 +69,8 @@ class RecoverSettings:
             raise OnnxPruneError("recovery epochs, batch size, learning rate and temperature must be positive")
         if not 0.0 < self.holdout < 1.0:
             raise OnnxPruneError(f"recovery holdout must be a fraction in (0, 1), got {self.holdout}")
-        if self.augment not in ("auto", "none"):
-            raise OnnxPruneError(f"recovery augment must be 'auto' or 'none', got {self.augment!r}")
+        if self.augment not in ("auto", "mixup", "none"):
+            raise OnnxPruneError(f"recovery augment must be 'auto', 'mixup' or 'none', got {self.augment!r}")
 
     @property
     def budget(self) -> float:

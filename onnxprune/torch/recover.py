@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from ..errors import OnnxPruneError
 from .bridge import _TORCH_DTYPES, OnnxModule, to_torch, write_back
 
 MIN_HOLDOUT = 16
+MEMORY_BUDGET = 2 << 30  # bytes of activations a training step may hold (student, its gradients, the teacher)
 WARMUP_STEPS = 3  # linear warm-up; the time budget fixes the step count at its end
 EVALUATIONS = 20  # held-out evaluations over a run
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -227,7 +229,8 @@ class Samples:
         order = torch.randperm(self.n, generator=generator)
         held = max(MIN_HOLDOUT, int(round(self.n * settings.holdout)))
         self.heldout, self.train = order[:held].sort().values, order[held:]
-        self.augment = settings.augment == "auto"
+        self.augment = settings.augment in ("auto", "mixup")
+        self.mixup = settings.augment == "mixup"
         self.images = {n for n, t in self.x.items() if self.augment and _is_image(t)}
 
     def take(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -238,20 +241,20 @@ class Samples:
             yield self.take(index[start : start + size])
 
     def augmented(self, batch: dict, generator: torch.Generator) -> dict:
-        """Image inputs: each image shifted by up to 1/14 of its size, then half of the batch
-        mixed with another image (mixup, weight uniform in [0, 0.5]). Labels play no part: the
-        original model scores whatever the input is, so a mixed image is as good a sample as a
-        real one, and 448 images become many (distillation from few samples overfits otherwise)."""
+        """Image inputs: each image shifted by up to 1/14 of its size (2 pixels at 28, 16 at 224);
+        with ``augment="mixup"`` half of the batch is also mixed with another image (weight up to
+        0.5: the original model scores any input, labels play no part)."""
         out = dict(batch)
         for name in self.images:
-            t = batch[name]
-            t = shift_images(t, generator, max(1, round(min(t.shape[2:]) / 14)))
-            n = t.shape[0]
-            partner = torch.randperm(n, generator=generator).to(t.device)
-            weight = torch.rand(n, generator=generator) * 0.5
-            weight[torch.rand(n, generator=generator) < 0.5] = 0.0
-            weight = weight.to(t.device, t.dtype).view(-1, *([1] * (t.dim() - 1)))
-            out[name] = (1 - weight) * t + weight * t[partner]
+            t = shift_images(batch[name], generator, max(1, round(min(batch[name].shape[2:]) / 14)))
+            if self.mixup:
+                n = t.shape[0]
+                partner = torch.randperm(n, generator=generator).to(t.device)
+                weight = torch.rand(n, generator=generator) * 0.5
+                weight[torch.rand(n, generator=generator) < 0.5] = 0.0
+                weight = weight.to(t.device, t.dtype).view(-1, *([1] * (t.dim() - 1)))
+                t = (1 - weight) * t + weight * t[partner]
+            out[name] = t
         return out
 
 
@@ -348,6 +351,8 @@ def distil(pruned: onnx.ModelProto, original: onnx.ModelProto, arrays: dict[str,
             probe_out = run(teacher, probe)[0]
         producer = {o: nd.op for nd in teacher._nodes for o in nd.outputs}
         kinds = [_output_kind(t, producer.get(n)) for t, n in zip(probe_out, teacher.output_names)]
+        settings = replace(settings, batch_size=batch_size(student, samples, settings.batch_size))
+        report["batch_size"] = settings.batch_size
         heldout = HeldOut(samples, teacher, kinds, settings.batch_size)
         if settings.mode == "blockwise":
             from .recover_blocks import train_blockwise as train
@@ -363,6 +368,20 @@ def distil(pruned: onnx.ModelProto, original: onnx.ModelProto, arrays: dict[str,
         return unchanged, report
     student.load_state_dict(best_state)
     return write_back(student, pruned), report
+
+
+@torch.no_grad()
+def batch_size(student: OnnxModule, samples: Samples, most: int) -> int:
+    """Samples per step: at most ``most``, fewer where one sample's activations are large (a
+    step keeps every student activation for the backward pass, about three times one forward;
+    64 images of ResNet-50 at 224 would hold some 15 GB)."""
+    one = samples.take(samples.train[:1])
+    env = _env(student)
+    env.update({n: one[n] for n in student.input_names})
+    names = {o for nd in student._nodes for o in nd.outputs if o}
+    per_sample = sum(t.numel() * t.element_size() for t in _execute(student, env, 0, len(student._nodes), names).values()
+                     if isinstance(t, torch.Tensor))
+    return int(max(1, min(most, len(samples.train), MEMORY_BUDGET // max(3 * per_sample, 1))))
 
 
 def _state(module: OnnxModule) -> dict:
