@@ -44,7 +44,7 @@ def recover_settings(recover, recover_time, recover_mode, data, seed, device):
 
 def format_recovery(r: dict) -> str:
     if "heldout_before" not in r:
-        return f"recover  {r.get('stopped')}"
+        return f"recover  {r.get('skipped') or r.get('stopped')}"
     b, a = r["heldout_before"], r["heldout_after"]
     agree = (f", agreement {b['agreement']:.1%} -> {a['agreement']:.1%}" if "agreement" in b else "")
     return (f"recover  held-out loss {b['loss']:.4g} -> {a['loss']:.4g}{agree} ({r['heldout_samples']} samples); "

@@ -18,6 +18,8 @@ import torch
 
 from .recover import WEIGHTED_OPS, Budget, Matcher, _env, _execute, _nmse, _state, fit, output_loss, run
 
+PROPAGATE = 0.15  # share of the time budget left for passing the samples through trained blocks
+
 
 def cut_points(module) -> list[tuple[int, str]]:
     """``(node index, tensor)`` where, after that node, ``tensor`` is the only live activation."""
@@ -131,7 +133,9 @@ def train_blockwise(student, teacher, samples, heldout, kinds, channels, setting
             return {"loss": err / max(ref, 1e-30)}
 
         left_blocks = len(plan) - k
-        deadline = time.perf_counter() + (t0 + settings.budget - time.perf_counter()) / left_blocks
+        # PROPAGATE of the time stays for passing the samples through the trained blocks
+        end = t0 + settings.budget * (1 - PROPAGATE)
+        deadline = time.perf_counter() + (end - time.perf_counter()) / left_blocks
         budget = Budget(deadline, per_block, 0.0, replays[k] if replays else None)
         params = _block_params(student, start, stop)
         state, info = fit(student, params, batch_loss, n_train, evaluate, budget, settings, generator,
