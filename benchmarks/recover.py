@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--flops", default="0.5,0.7")
     ap.add_argument("--modes", default="global")
     ap.add_argument("--time", type=float, help="recovery time budget [default: the library's]")
+    ap.add_argument("--lr", type=float, help="recovery learning rate [default: the library's]")
     ap.add_argument("--calib", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="-")
@@ -66,8 +67,8 @@ def main() -> None:
             channels = kept_channels(result.analysis, result.allocation.keep)
             for mode in args.modes.split(","):
                 t = time.perf_counter()
-                rec = recover(result.model, original, calib, channels=channels, mode=mode,
-                              **({"time": args.time} if args.time else {}))
+                overrides = {k: v for k, v in (("time", args.time), ("lr", args.lr)) if v}
+                rec = recover(result.model, original, calib, channels=channels, mode=mode, **overrides)
                 seconds = time.perf_counter() - t
                 r = rec.report
                 entry = {"model": name, "flops": fraction, "achieved": result.summary["flops_reduction"], "mode": mode,
@@ -75,7 +76,7 @@ def main() -> None:
                          "compress_s": round(compress_s, 1), "recover_s": round(seconds, 1), "steps": r["steps"],
                          "planned_steps": r.get("planned_steps"), "batch_size": r.get("batch_size"),
                          "stopped": r["stopped"], "kept": r["kept"], "heldout_before": r["heldout_before"],
-                         "heldout_after": r["heldout_after"], "time_budget": args.time, "threads": args.threads,
+                         "heldout_after": r["heldout_after"], "time_budget": args.time, "lr": rec.report["settings"]["lr"], "threads": args.threads,
                          "test_images": len(test_y)}
                 out.write(json.dumps(entry) + "\n")
                 out.flush()

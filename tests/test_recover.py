@@ -150,6 +150,8 @@ def test_blockwise_cuts_at_block_outputs_and_never_worsens(models):
     assert r["blocks"] == len(plan) and r["heldout_after"]["loss"] <= r["heldout_before"]["loss"]
     assert shapes(result.model) == shapes(pruned)
     onnx.checker.check_model(result.model, full_check=True)
+    again = recover(pruned, original, calib(), channels=channels, mode="blockwise", steps=10, replay=r["replay"])
+    assert again.model.SerializeToString() == result.model.SerializeToString()
 
 
 def test_output_kinds():

@@ -138,10 +138,10 @@ def train_blockwise(student, teacher, samples, heldout, kinds, channels, setting
         deadline = time.perf_counter() + (end - time.perf_counter()) / left_blocks
         budget = Budget(deadline, per_block, 0.0, replays[k] if replays else None)
         params = _block_params(student, start, stop)
+        before = _state(student)
         state, info = fit(student, params, batch_loss, n_train, evaluate, budget, settings, generator,
                           progress, label=str(k)) if params else (None, {"steps": 0, "replay": None})
-        if state is not None:
-            student.load_state_dict(state)
+        student.load_state_dict(state if state is not None else before)  # a block that did not improve is reset
         steps += info["steps"]
         infos.append(info.get("replay"))
         if out_name is not None:  # the next block starts from this block's recovered output
