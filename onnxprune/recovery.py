@@ -46,7 +46,7 @@ class RecoverSettings:
     steps: int | None = None
     epochs: int = DEFAULT_EPOCHS
     mode: str = "global"
-    lr: float = 1e-4
+    lr: float = 1e-3
     batch_size: int = 64
     temperature: float = 4.0
     feature_weight: float = 1.0

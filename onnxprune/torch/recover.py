@@ -43,6 +43,7 @@ from ..errors import OnnxPruneError
 from .bridge import _TORCH_DTYPES, OnnxModule, to_torch, write_back
 
 MIN_HOLDOUT = 16
+PROBE = 2  # samples that show which intermediate tensors changed and how they match
 MEMORY_BUDGET = 2 << 30  # bytes of activations a training step may hold (student, its gradients, the teacher)
 WARMUP_STEPS = 3  # linear warm-up; the time budget fixes the step count at its end
 EVALUATIONS = 20  # held-out evaluations over a run
@@ -265,8 +266,9 @@ class Samples:
 class HeldOut:
     """Teacher outputs on the held-out samples, computed once; scores a student against them."""
 
-    def __init__(self, samples: Samples, teacher: OnnxModule, kinds: list[str], batch_size: int):
-        self.samples, self.kinds, self.batch_size = samples, kinds, batch_size
+    def __init__(self, samples: Samples, teacher: OnnxModule, batch_size: int):
+        self.samples, self.batch_size = samples, batch_size
+        self.kinds: list[str] = []
         with torch.no_grad():
             self.targets = [run(teacher, b)[0] for b in samples.chunks(samples.heldout, batch_size)]
 
@@ -346,14 +348,11 @@ def distil(pruned: onnx.ModelProto, original: onnx.ModelProto, arrays: dict[str,
             unchanged.CopyFrom(pruned)
             return unchanged, {**report, "kept": "unchanged", "steps": 0, "seconds": round(time.perf_counter() - t0, 3),
                                "stopped": f"skipped: {samples.n} samples, recovery needs at least {2 * MIN_HOLDOUT}"}
-        probe = samples.take(samples.train[: min(8, len(samples.train))])
-        with torch.no_grad():
-            probe_out = run(teacher, probe)[0]
-        producer = {o: nd.op for nd in teacher._nodes for o in nd.outputs}
-        kinds = [_output_kind(t, producer.get(n)) for t, n in zip(probe_out, teacher.output_names)]
         settings = replace(settings, batch_size=batch_size(student, samples, settings.batch_size))
         report["batch_size"] = settings.batch_size
-        heldout = HeldOut(samples, teacher, kinds, settings.batch_size)
+        heldout = HeldOut(samples, teacher, settings.batch_size)  # its targets tell the output kinds
+        producer = {o: nd.op for nd in teacher._nodes for o in nd.outputs}
+        kinds = heldout.kinds = [_output_kind(t, producer.get(n)) for t, n in zip(heldout.targets[0], teacher.output_names)]
         if settings.mode == "blockwise":
             from .recover_blocks import train_blockwise as train
         else:
@@ -487,7 +486,7 @@ def fit(module: OnnxModule, params: list, batch_loss, n_train: int, evaluate, bu
 
 def _train_global(student, teacher, samples, heldout, kinds, channels, settings, t0, progress, replay):
     """Whole-model distillation (outputs + features); returns (best state or None, report items)."""
-    probe = samples.take(samples.train[: min(8, len(samples.train))])
+    probe = samples.take(samples.train[: min(PROBE, len(samples.train))])
     matcher = Matcher(student, teacher, channels, probe, settings.max_features) if settings.feature_weight > 0 else None
     names = list(matcher.select) if matcher else []
     generator = torch.Generator().manual_seed(settings.seed + 1)

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from .recover import WEIGHTED_OPS, Budget, Matcher, _env, _execute, _nmse, _state, fit, output_loss, run
+from .recover import PROBE, WEIGHTED_OPS, Budget, Matcher, _env, _execute, _nmse, _state, fit, output_loss, run
 
 PROPAGATE = 0.15  # share of the time budget left for passing the samples through trained blocks
 
@@ -82,7 +82,7 @@ def _chunks(n: int, size: int):
 
 def train_blockwise(student, teacher, samples, heldout, kinds, channels, settings, t0, progress, replay):
     """Returns (best state or None, report items) like the global trainer."""
-    probe = samples.take(samples.train[: min(8, len(samples.train))])
+    probe = samples.take(samples.train[: min(PROBE, len(samples.train))])
     ends = _block_ends(student, teacher, probe, channels)
     plan = blocks(student, set(ends))
     outs = [o for _, _, o in plan if o]
