@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--flops", default="0.5,0.7")
     ap.add_argument("--modes", default="global")
     ap.add_argument("--time", type=float, help="recovery time budget [default: the library's]")
+    ap.add_argument("--epochs", type=int, help="recovery epochs [default: the library's]")
     ap.add_argument("--lr", type=float, help="recovery learning rate [default: the library's]")
     ap.add_argument("--calib", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
@@ -67,7 +68,7 @@ def main() -> None:
             channels = kept_channels(result.analysis, result.allocation.keep)
             for mode in args.modes.split(","):
                 t = time.perf_counter()
-                overrides = {k: v for k, v in (("time", args.time), ("lr", args.lr)) if v}
+                overrides = {k: v for k, v in (("time", args.time), ("lr", args.lr), ("epochs", args.epochs)) if v}
                 rec = recover(result.model, original, calib, channels=channels, mode=mode, **overrides)
                 seconds = time.perf_counter() - t
                 r = rec.report
