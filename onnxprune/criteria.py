@@ -120,3 +120,8 @@ CRITERIA = {
 def score_groups(analysis: Analysis, criterion: str, stats=None, seed: int = 0) -> dict[int, np.ndarray]:
     fn = CRITERIA[criterion]
     return {g.id: np.asarray(fn(g, analysis, stats, seed), dtype=np.float64) for g in analysis.prunable_groups}
+
+# --- group magnitude (issue 17): every member of the group, Torch-Pruning's reduction ---
+from .group_magnitude import group_l1, group_magnitude  # noqa: E402
+
+CRITERIA.update({"group_magnitude": group_magnitude, "group_l1": group_l1})

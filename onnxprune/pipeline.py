@@ -26,7 +26,7 @@ from .scoring import DATA_CRITERIA, collect, data_scores, observations
 from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity
 
 
-RECONSTRUCT_MODES = ("none", "local", "ldrf")
+RECONSTRUCT_MODES = ("none", "local", "ldrf", "obs")  # obs: the OBS refit of --criterion obs (issue 17)
 ALLOCATIONS = ("uniform", "sensitivity", "global")
 RANK_PATIENCE = 32  # images over which HRank's early stop watches the mean ranks
 
@@ -152,7 +152,17 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     stage = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
 
     calibration = None
-    if criterion in DATA_CRITERIA:
+    # --- issue 17: OBS selection (profiles from the dense network; groups re-chosen after allocation) ---
+    obs_batches = _Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches) \
+        if criterion == "obs" else None
+    if criterion == "obs":
+        from .obs import ObsSettings, obs_profiles, scores_from_order
+
+        obs_order, _ = obs_profiles(analysis, obs_batches, ObsSettings(seed=settings.seed))
+        scores = scores_from_order(obs_order)
+        timer.lap("obs profiles")
+    # --- end issue 17 ---
+    elif criterion in DATA_CRITERIA:
         calibration = collect(analysis, dataset, [criterion], providers=settings.providers, progress=stage("calibration"),
                               max_batches=settings.calib_batches, batch_size=settings.batch_size,
                               rank_patience=RANK_PATIENCE if settings.rank_early_stop is not None else None,
@@ -192,11 +202,27 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         limits = replace(limits, round_to=1)
         allocation = allocate(limits)
     timer.lap("allocation")
+    selection = None  # --- issue 17: the allocated counts, channels chosen on the network pruned so far ---
+    if criterion == "obs":
+        from .obs import ObsSettings, obs_select
+
+        selection = obs_select(analysis, {g: len(k) for g, k in allocation.kept.items()}, obs_batches,
+                               ObsSettings(seed=settings.seed), fallback=obs_order)
+        keep = analysis.keep_vector(selection.kept)
+        allocation = replace(allocation, kept={g: selection.kept.get(g, k) for g, k in allocation.kept.items()},
+                             keep=keep, cost=cost.evaluate(keep))
+        timer.lap("obs selection")
+    # --- end issue 17 ---
 
     pruned = rewrite(analysis, allocation.keep)
     timer.lap("rewrite")
     recon_report = None
-    if mode != "none":
+    if mode == "obs":  # issue 17: fold the OBS refit instead of LDRF's
+        from .obs import fold_obs
+
+        pruned = fold_obs(analysis, allocation.keep, pruned, selection)
+        timer.lap("reconstruction")
+    elif mode != "none":
         batches = _Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches)
         pruned, recon_report = reconstruct(analysis, allocation.keep, pruned, batches, mode=mode, seed=settings.seed,
                                            progress=stage("reconstruction"))
@@ -240,7 +266,11 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
 
 
 def _check_settings(settings: Settings, criterion: str, mode: str, dataset, evalset) -> None:
-    known = sorted(CRITERIA) + list(DATA_CRITERIA)
+    known = sorted(CRITERIA) + list(DATA_CRITERIA) + ["obs"]
+    if criterion == "obs" and dataset is None:  # issue 17
+        raise OnnxPruneError("criterion obs fits on activations: give calibration data with --data")
+    if mode == "obs" and criterion != "obs":
+        raise OnnxPruneError("--reconstruct obs folds the OBS refit: it needs --criterion obs")
     if criterion not in known:
         raise OnnxPruneError(f"unknown criterion {criterion!r}; available: {', '.join(known)}")
     if criterion in DATA_CRITERIA and dataset is None:
@@ -307,7 +337,15 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
     _, analysis, _ = prepare(model)
     keep = analysis.keep_vector(plan_keep(analysis, plan))
     pruned = rewrite(analysis, keep)
-    if mode != "none":
+    if mode == "obs":  # issue 17: the OBS selection is deterministic: rerun it for the refitted weights
+        from .obs import ObsSettings, fold_obs, obs_select
+
+        batches = _Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
+                           plan.settings.get("calib_batches"))
+        counts = {g.id: int(keep[analysis.group_offsets[g.id]:analysis.group_offsets[g.id + 1]].sum())
+                  for g in analysis.prunable_groups}
+        pruned = fold_obs(analysis, keep, pruned, obs_select(analysis, counts, batches, ObsSettings(seed=plan.settings.get("seed", 0))))
+    elif mode != "none":
         batches = _Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
                            plan.settings.get("calib_batches"))
         pruned, _ = reconstruct(analysis, keep, pruned, batches, mode=mode, seed=plan.settings.get("seed", 0))
