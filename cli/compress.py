@@ -47,8 +47,8 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
               help="uniform: one ratio for all groups (ACRA binary search); sensitivity: per-group damage curves "
                    "and a shared threshold (ACRA); global: channels ranked across groups.")
 @click.option("--reconstruct", type=click.Choice(["none", "local", "ldrf", "obs"]),
-              help="Compensate removed channels in the next layers [default: ldrf with --data, else none]; "
-                   "obs: fold the Optimal Brain Surgeon refit (with --criterion obs).")
+              help="Compensate removed channels in the next layers [default: obs with --criterion obs, ldrf with "
+                   "--data, else none]; obs: fold the Optimal Brain Surgeon refit (with --criterion obs).")
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(), help="Reuse a saved `onnxprune sensitivity` JSON.")
 @click.option("--sensitivity-metric", type=click.Choice(["accuracy_drop", "kl", "disagreement", "error"]),
               help="Damage measure of --allocation sensitivity [default: accuracy_drop with labels, else kl "

@@ -60,6 +60,7 @@ class ObsSettings:
     max_positions: int = 64
     align: int = 1
     seed: int = 0
+    refresh: bool = True  # refit, after the selection, consumers whose input changed since their refit
 
 
 # --- consumers as matrices -----------------------------------------------------------------------
@@ -364,6 +365,8 @@ def obs_select(analysis: Analysis, counts: dict[int, int], batches, settings: Ob
     todo = sorted((g for g in analysis.prunable_groups if counts.get(g.id, g.size) < g.size),
                   key=lambda g: (_first_consumer(analysis, g), g.id))
     passes = 0
+    written: dict[int, int] = {}  # layer -> pass of its last refit
+    decided: dict[int, int] = {}  # group -> pass of its selection
     for g in todo:
         remove = g.size - counts[g.id]
         used = [i for i, l in enumerate(layers) if l.consumer.in_dim.id in g.atom_index]
@@ -383,8 +386,10 @@ def obs_select(analysis: Analysis, counts: dict[int, int], batches, settings: Ob
                 (np.arange(g.size), -group_magnitude(g, analysis)))
             gone = np.asarray(order[g.size - remove:], dtype=np.int64)
         kept[g.id] = np.setdiff1d(np.arange(g.size), gone)
+        decided[g.id] = passes
         for i, s in states.items():
             weights[i] = s.w
+            written[i] = passes
             _write(analysis, layers[i], s.w, inits, biases.get(i))
         _zero_inputs(analysis, g, gone, inits)
         for i in used:
@@ -392,7 +397,34 @@ def obs_select(analysis: Analysis, counts: dict[int, int], batches, settings: Ob
             atoms = g.atom_index[d][np.isin(g.channel_atoms[d], gone)]
             cols = layers[i].columns(atoms).ravel()
             removed_cols[i] = np.union1d(removed_cols.get(i, np.zeros(0, np.int64)), cols)
+    if settings.refresh and todo:
+        passes = _refresh(analysis, layers, todo, decided, written, batches, masked, removed_cols, settings,
+                          inits, biases, weights, passes)
     return Selection(kept, layers, weights, passes)
+
+
+def _refresh(analysis, layers, todo, decided, written, batches, masked, removed_cols, settings, inits, biases,
+             weights, passes) -> int:
+    """Refit (W* = W G H^-1 on the kept columns) every layer whose input was changed by a group
+    selected after the layer's last refit, in waves of depth (LDRF's order), one pass a wave.
+    A residual stream is selected early, before the blocks it feeds are pruned: its later
+    consumers would otherwise keep a refit made for inputs the pruned network no longer has."""
+    from .reconstruct import _ancestors, _waves
+
+    tensors = {g.id: {analysis.dims[d].tensor for d in g.dims if not analysis.dims[d].constant} for g in todo}
+    stale = []
+    for i, layer in enumerate(layers):
+        above = _ancestors(analysis, layer.input)
+        stale.append(any(p > written.get(i, -1) and tensors[gid] & above for gid, p in decided.items()))
+    for wave in _waves(analysis, [l.consumer for l in layers], stale):
+        grams = gather(analysis, [layers[i] for i in wave], batches, masked,
+                       {k: removed_cols[i] for k, i in enumerate(wave) if i in removed_cols}, settings, settings.seed + passes)
+        passes += 1
+        for i, gram in zip(wave, grams):
+            s = _State(layers[i], gram, np.zeros(0, np.int64), np.zeros((0, layers[i].kk), np.int64), settings.ridge)
+            weights[i] = s.w
+            _write(analysis, layers[i], s.w, inits, biases.get(i))
+    return passes
 
 
 def _prepare_biases(analysis, proto, inits, layers) -> dict[int, str]:

@@ -34,7 +34,7 @@ RANK_PATIENCE = 32  # images over which HRank's early stop watches the mean rank
 @dataclass(frozen=True)
 class Settings:
     """What ``compress`` does. ``None`` picks the default: criterion ``hrank`` with data, ``l1``
-    without; reconstruction ``ldrf`` with data, ``none`` without."""
+    without; reconstruction ``ldrf`` with data, ``none`` without (``obs`` with criterion ``obs``)."""
 
     target: Target
     criterion: str | None = None
@@ -147,7 +147,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     if not analysis.prunable_groups:
         raise TargetError(f"no prunable channel group in the model: {_first_blocker(analysis)}")
     criterion = settings.criterion or ("hrank" if dataset is not None else "l1")
-    mode = settings.reconstruct or ("ldrf" if dataset is not None else "none")
+    mode = settings.reconstruct or ("obs" if criterion == "obs" else "ldrf" if dataset is not None else "none")  # obs: issue 17
     _check_settings(settings, criterion, mode, dataset, evalset)
     stage = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
 

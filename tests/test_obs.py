@@ -7,6 +7,7 @@ against the measured output error of the pruned models.
 """
 
 import itertools
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -262,3 +263,20 @@ def test_group_magnitude_reads_every_member():
         np.testing.assert_allclose(got, expected, rtol=1e-6)
     # l1 looks at the producer only and ranks channel 3 differently from the group score
     assert np.argsort(score_groups(analysis, "l1")[group.id]).tolist() != np.argsort(expected).tolist()
+
+
+def test_cli_compress_with_obs(capsys, tmp_path):
+    from test_cli import run_cli, small_cnn
+    from test_cli_data import write_data
+
+    model = small_cnn(tmp_path / "m.onnx")
+    data = write_data(tmp_path / "calib.npz", n=32)
+    out_path = tmp_path / "p.onnx"
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--data", data, "--criterion", "obs",
+                             "-o", out_path, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["criterion"] == "obs" and summary["reconstruct"] == "obs" and summary["flops_reduction"] >= 0.4
+    onnx.checker.check_model(onnx.load(out_path), full_check=True)
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--criterion", "obs", "-o", out_path, "--force")
+    assert code != 0 and err.strip().startswith("error:") and "--data" in err and "Traceback" not in err
