@@ -323,12 +323,20 @@ def obs_profiles(analysis: Analysis, batches, settings: ObsSettings = ObsSetting
     return order, loss
 
 
-def scores_from_order(order: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    """Scores that ``allocate.ranked`` turns back into ``order`` (first = highest)."""
+def scores_from_profiles(order: dict[int, np.ndarray], loss: dict[int, np.ndarray], align: int = 1) -> dict[int, np.ndarray]:
+    """Per channel, the group's cumulative error when the channel's block goes: comparable
+    across groups (``--allocation global`` then removes channels at equal error), and within a
+    group it reproduces ``order`` (a small rank term breaks ties; never-removed channels top)."""
     out = {}
     for gid, o in order.items():
-        s = np.zeros(len(o))
-        s[o] = np.arange(len(o), 0, -1, dtype=np.float64)
+        size, lg = len(o), np.asarray(loss[gid], dtype=np.float64)
+        nremoved = (len(lg) - 1) * align
+        step = np.arange(size)[::-1]  # removal step of order[p]: the last channel goes first
+        block = np.minimum(step // align + 1, len(lg) - 1)
+        value = np.where(step < nremoved, lg[block], lg[-1] * 2 + 1.0)
+        top = max(float(np.abs(value).max()), 1e-30)
+        s = np.zeros(size)
+        s[o] = value + top * 1e-9 * np.arange(size, 0, -1) / size
         out[gid] = s
     return out
 

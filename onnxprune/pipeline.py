@@ -155,11 +155,15 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     # --- issue 17: OBS selection (profiles from the dense network; groups re-chosen after allocation) ---
     obs_batches = _Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches) \
         if criterion == "obs" else None
-    if criterion == "obs":
-        from .obs import ObsSettings, obs_profiles, scores_from_order
+    if criterion == "obs" and settings.allocation == "uniform":
+        # uniform counts do not depend on the scores, and obs_select re-chooses every group
+        obs_order, scores = None, score_groups(analysis, "group_magnitude", seed=settings.seed)
+        timer.lap("scoring")
+    elif criterion == "obs":
+        from .obs import ObsSettings, obs_profiles, scores_from_profiles
 
-        obs_order, _ = obs_profiles(analysis, obs_batches, ObsSettings(seed=settings.seed))
-        scores = scores_from_order(obs_order)
+        obs_order, obs_loss = obs_profiles(analysis, obs_batches, ObsSettings(seed=settings.seed))
+        scores = scores_from_profiles(obs_order, obs_loss)
         timer.lap("obs profiles")
     # --- end issue 17 ---
     elif criterion in DATA_CRITERIA:

@@ -217,8 +217,8 @@ def test_obs_compress_is_deterministic_and_reproducible(tmp_path):
     rng = np.random.default_rng(4)
     data = tmp_path / "calib.npz"
     np.savez(data, x=rng.standard_normal((48, 3, 6, 6)).astype(np.float32))
-    for mode in ("obs", "ldrf"):
-        settings = Settings(Target("flops", 0.4), criterion="obs", reconstruct=mode)
+    for mode, allocation in (("obs", "uniform"), ("ldrf", "global")):
+        settings = Settings(Target("flops", 0.4), criterion="obs", reconstruct=mode, allocation=allocation)
         first = compress(model, settings, data=str(data))
         second = compress(model, settings, data=str(data))
         assert first.model.SerializeToString() == second.model.SerializeToString()
@@ -280,3 +280,18 @@ def test_cli_compress_with_obs(capsys, tmp_path):
     onnx.checker.check_model(onnx.load(out_path), full_check=True)
     code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--criterion", "obs", "-o", out_path, "--force")
     assert code != 0 and err.strip().startswith("error:") and "--data" in err and "Traceback" not in err
+
+
+def test_profile_scores_reproduce_the_order_and_compare_across_groups():
+    from onnxprune.allocate import ranked
+    from onnxprune.obs import scores_from_profiles
+
+    analysis = analyse(load_model(two_consumer_model()))
+    for align in (1, 2):
+        order, loss = obs_profiles(analysis, _batches(), ObsSettings(align=align, max_positions=10**6))
+        scores = scores_from_profiles(order, loss, align)
+        for gid in order:
+            if align == 1:
+                np.testing.assert_array_equal(ranked(scores)[gid], order[gid])
+            # the least important channel scores the error of removing the first block
+            assert scores[gid][order[gid][-1]] == pytest.approx(loss[gid][1], rel=1e-6)
