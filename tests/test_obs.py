@@ -69,7 +69,7 @@ def test_obs_update_equals_least_squares_refit(align):
     cols = layer.columns(np.arange(5))
     state = _State(layer, gram, np.arange(5), cols, RIDGE)
     w_star = _refit(layer.w, g, hl, np.arange(h.shape[0]))
-    np.testing.assert_allclose(state.w, w_star, rtol=1e-9, atol=1e-9 * np.abs(w_star).max())
+    np.testing.assert_allclose(state.full_w, w_star, rtol=1e-9, atol=1e-9 * np.abs(w_star).max())
     base = _objective(layer.w, hdd, g, hl, w_star)
 
     # The greedy's first choice is the channel whose brute-force refit costs least.
@@ -87,7 +87,7 @@ def test_obs_update_equals_least_squares_refit(align):
     v = _refit(layer.w, g, hl, kept)
     # The updated weights are the exact refit on what is left; the predicted cost is the
     # measured increase of the objective.
-    np.testing.assert_allclose(state.w, v, rtol=1e-7, atol=1e-8 * np.abs(v).max())
+    np.testing.assert_allclose(state.full_w, v, rtol=1e-7, atol=1e-8 * np.abs(v).max())
     measured = _objective(layer.w, hdd, g, hl, v) - base
     assert cum[-1] / state.norm == pytest.approx(measured, rel=1e-7)
     assert np.all(np.diff(cum) >= -1e-12 * cum[-1])
@@ -101,9 +101,9 @@ def test_predicted_cost_is_measured_error_increase_on_samples():
     ridge = 1e-10
     state = _State(layer, gram, np.arange(4), layer.columns(np.arange(4)), ridge)
     err = lambda v: float((((xd @ layer.w.T) - xp @ v.T) ** 2).sum(1).mean())  # noqa: E731
-    before = err(state.w)
+    before = err(state.full_w)
     _, cum = greedy(SimpleNamespace(size=4), {0: state}, 2)
-    after = err(state.w)
+    after = err(state.full_w)
     assert cum[-1] / state.norm == pytest.approx(after - before, rel=1e-5, abs=1e-9 * before)
 
 
