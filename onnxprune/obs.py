@@ -61,6 +61,7 @@ class ObsSettings:
     align: int = 1
     seed: int = 0
     refresh: bool = True  # refit, after the selection, consumers whose input changed since their refit
+    frontier: bool = True  # passes run only the layers not computed yet (reconstruct._Frontier)
 
 
 # --- consumers as matrices -----------------------------------------------------------------------
@@ -169,26 +170,57 @@ class Gram:
 
 
 def gather(analysis: Analysis, layers: list[Layer], batches, masked: onnx.ModelProto | None,
-           removed: dict[int, np.ndarray], settings: ObsSettings, seed: int = 0) -> list[Gram]:
+           removed: dict[int, np.ndarray], settings: ObsSettings, seed: int = 0, runners: list | None = None) -> list[Gram]:
     """One calibration pass: dense inputs from the original model, pruned inputs from
     ``masked`` (None: dense only, hdp = hpp). ``removed[i]``: columns of layer i that the pruned
-    network no longer has (zeroed in X_p)."""
-    from .rewrite import session
+    network no longer has (zeroed in X_p). ``runners``: [dense, masked] ``_Frontier`` objects of
+    reconstruct.py that run only what earlier passes did not (emptied, and the pass run whole,
+    if the batches differ from one pass to the next)."""
+    from .reconstruct import NotReplayable
 
     names = sorted({l.input for l in layers})
-    dense = session(_exposing(analysis.model.proto, names))
-    pruned = session(_exposing(masked, names)) if masked is not None else None
-    feeds = [{i.name for i in s.get_inputs()} for s in (dense, pruned) if s is not None]
+    if runners:
+        try:
+            return _accumulate(layers, _frontier_stream(runners, names, batches), removed, settings, seed, True)
+        except NotReplayable:
+            for r in runners:
+                r.close()
+            runners.clear()
+    return _accumulate(layers, _session_stream(analysis, masked, names, batches), removed, settings, seed,
+                       masked is not None)
+
+
+def _session_stream(analysis, masked, names, batches):
+    from .rewrite import session
+
+    sessions = [session(_exposing(p, names)) for p in (analysis.model.proto, masked) if p is not None]
+    feeds = [{i.name for i in s.get_inputs()} for s in sessions]
+    for batch in batches:
+        yield [dict(zip(names, s.run(names, {k: v for k, v in batch.items() if k in f})))
+               for s, f in zip(sessions, feeds)], batch
+
+
+def _frontier_stream(runners, names, batches):
+    from .reconstruct import _digest
+
+    for r in runners:
+        r.begin(names)
+    for b, batch in enumerate(batches):
+        digest = _digest(batch)
+        yield [r.step(b, batch, digest) for r in runners], batch
+    for r in runners:
+        r.finish()
+
+
+def _accumulate(layers, stream, removed, settings, seed, paired: bool) -> list[Gram]:
     rng = np.random.default_rng([seed, 17])
     grams = [Gram() for _ in layers]
-    for batch in batches:
-        outs = [dict(zip(names, s.run(names, {k: v for k, v in batch.items() if k in f})))
-                for s, f in zip([s for s in (dense, pruned) if s is not None], feeds)]
+    for outs, batch in stream:
         n_img = len(next(iter(batch.values())))
         for i, layer in enumerate(layers):
             state = rng.bit_generator.state
             xd, scale = unfold(layer, outs[0][layer.input], rng, settings.max_positions)
-            if pruned is not None:
+            if paired:
                 rng.bit_generator.state = state  # the same positions in both networks
                 xp, _ = unfold(layer, outs[1][layer.input], rng, settings.max_positions)
             else:
@@ -392,6 +424,19 @@ def obs_select(analysis: Analysis, counts: dict[int, int], batches, settings: Ob
     masked = copy.deepcopy(analysis.model.proto)
     inits = {t.name: t for t in masked.graph.initializer}
     biases = _prepare_biases(analysis, masked, inits, layers)
+    from .reconstruct import _Frontier
+
+    subgraphs = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                    for n in masked.graph.node for a in n.attribute)
+    runners = [] if subgraphs or not settings.frontier else [_Frontier(analysis.model.proto, batches), _Frontier(masked, batches)]
+    try:
+        return _select(analysis, counts, batches, settings, fallback, layers, masked, inits, biases, runners)
+    finally:
+        for r in runners:
+            r.close()
+
+
+def _select(analysis, counts, batches, settings, fallback, layers, masked, inits, biases, runners) -> Selection:
     removed_cols: dict[int, np.ndarray] = {}
     weights: dict[int, np.ndarray] = {}
     kept: dict[int, np.ndarray] = {}
@@ -407,7 +452,7 @@ def obs_select(analysis: Analysis, counts: dict[int, int], batches, settings: Ob
         if used:
             grams = gather(analysis, [layers[i] for i in used], batches, masked,
                            {k: removed_cols[i] for k, i in enumerate(used) if i in removed_cols},
-                           settings, settings.seed + passes)
+                           settings, settings.seed + passes, runners)
             passes += 1
             states = _states(g, layers, dict(zip(used, grams)), settings)
         if states:
@@ -424,7 +469,9 @@ def obs_select(analysis: Analysis, counts: dict[int, int], batches, settings: Ob
             weights[i] = s.full_w
             written[i] = passes
             _write(analysis, layers[i], weights[i], inits, biases.get(i))
-        _zero_inputs(analysis, g, gone, inits)
+        changed = _zero_inputs(analysis, g, gone, inits)
+        if runners:  # the masked model's readers of the changed weights, and below, run again
+            runners[1].invalidate(changed | {n for i in states for n in (layers[i].consumer.weight, biases.get(i)) if n})
         for i in used:
             d = layers[i].consumer.in_dim.id
             atoms = g.atom_index[d][np.isin(g.channel_atoms[d], gone)]
@@ -432,12 +479,12 @@ def obs_select(analysis: Analysis, counts: dict[int, int], batches, settings: Ob
             removed_cols[i] = np.union1d(removed_cols.get(i, np.zeros(0, np.int64)), cols)
     if settings.refresh and todo:
         passes = _refresh(analysis, layers, todo, decided, written, batches, masked, removed_cols, settings,
-                          inits, biases, weights, passes)
+                          inits, biases, weights, passes, runners)
     return Selection(kept, layers, weights, passes)
 
 
 def _refresh(analysis, layers, todo, decided, written, batches, masked, removed_cols, settings, inits, biases,
-             weights, passes) -> int:
+             weights, passes, runners) -> int:
     """Refit (W* = W G H^-1 on the kept columns) every layer whose input was changed by a group
     selected after the layer's last refit, in waves of depth (LDRF's order), one pass a wave.
     A residual stream is selected early, before the blocks it feeds are pruned: its later
@@ -451,12 +498,15 @@ def _refresh(analysis, layers, todo, decided, written, batches, masked, removed_
         stale.append(any(p > written.get(i, -1) and tensors[gid] & above for gid, p in decided.items()))
     for wave in _waves(analysis, [l.consumer for l in layers], stale):
         grams = gather(analysis, [layers[i] for i in wave], batches, masked,
-                       {k: removed_cols[i] for k, i in enumerate(wave) if i in removed_cols}, settings, settings.seed + passes)
+                       {k: removed_cols[i] for k, i in enumerate(wave) if i in removed_cols}, settings, settings.seed + passes,
+                       runners)
         passes += 1
         for i, gram in zip(wave, grams):
             s = _State(layers[i], gram, np.zeros(0, np.int64), np.zeros((0, layers[i].kk), np.int64), settings.ridge)
             weights[i] = s.full_w
             _write(analysis, layers[i], weights[i], inits, biases.get(i))
+        if runners:
+            runners[1].invalidate({n for i in wave for n in (layers[i].consumer.weight, biases.get(i)) if n})
     return passes
 
 
@@ -513,9 +563,10 @@ def _write(analysis, layer: Layer, wstar, inits, bias: str | None) -> None:
         inits[bias].CopyFrom(numpy_helper.from_array(new.reshape(base.shape).astype(dtype), bias))
 
 
-def _zero_inputs(analysis, g: ChannelGroup, gone: np.ndarray, inits) -> None:
+def _zero_inputs(analysis, g: ChannelGroup, gone: np.ndarray, inits) -> set[str]:
     """Zero the removed channels' input columns of every consumer weight of the group (the
-    masked model then computes what the pruned one does)."""
+    masked model then computes what the pruned one does); returns the weights changed."""
+    changed = set()
     for d in g.dims:
         dim = analysis.dims[d]
         if dim.role != IN or not dim.constant or dim.tensor not in inits:
@@ -528,6 +579,8 @@ def _zero_inputs(analysis, g: ChannelGroup, gone: np.ndarray, inits) -> None:
         idx[dim.axis] = atoms
         arr[tuple(idx)] = 0
         inits[dim.tensor].CopyFrom(numpy_helper.from_array(arr, dim.tensor))
+        changed.add(dim.tensor)
+    return changed
 
 
 def fold_obs(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, selection: Selection) -> onnx.ModelProto:

@@ -295,3 +295,21 @@ def test_profile_scores_reproduce_the_order_and_compare_across_groups():
                 np.testing.assert_array_equal(ranked(scores)[gid], order[gid])
             # the least important channel scores the error of removing the first block
             assert scores[gid][order[gid][-1]] == pytest.approx(loss[gid][1], rel=1e-6)
+
+
+def test_frontier_passes_select_what_whole_passes_select():
+    """Passes that run only the layers not computed yet (reconstruct._Frontier, invalidated
+    below every written weight) give the selection and weights of passes run from the inputs."""
+    g = G(3)
+    x = g.cbr("x", 3, 8)
+    y = g.cbr(x, 8, 8)
+    s = g.op("Add", [x, g.bn(g.conv(y, 8, 8), 8)])
+    model = g.model(g.head(g.op("Relu", [g.cbr(s, 8, 6)]), 6), in_shape=(1, 3, 6, 6))
+    analysis = analyse(load_model(model))
+    counts = {gr.id: gr.size // 2 for gr in analysis.prunable_groups}
+    runs = [obs_select(analysis, counts, _batches(), ObsSettings(frontier=f)) for f in (True, False)]
+    assert runs[0].passes == runs[1].passes >= 3
+    for gid in counts:
+        np.testing.assert_array_equal(runs[0].kept[gid], runs[1].kept[gid])
+    for i, w in runs[1].weights.items():
+        np.testing.assert_allclose(runs[0].weights[i], w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
