@@ -208,7 +208,8 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     timer.lap("allocation")
     selection = None  # --- issue 17: the allocated counts, channels chosen on the network pruned so far ---
     if criterion == "obs":
-        from .obs import ObsSettings, obs_select
+        from .obs import ObsSettings
+        from .obs_select import obs_select
 
         selection = obs_select(analysis, {g: len(k) for g, k in allocation.kept.items()}, obs_batches,
                                ObsSettings(seed=settings.seed), fallback=obs_order)
@@ -222,7 +223,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     timer.lap("rewrite")
     recon_report = None
     if mode == "obs":  # issue 17: fold the OBS refit instead of LDRF's
-        from .obs import fold_obs
+        from .obs_select import fold_obs
 
         pruned = fold_obs(analysis, allocation.keep, pruned, selection)
         timer.lap("reconstruction")
@@ -342,7 +343,8 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
     keep = analysis.keep_vector(plan_keep(analysis, plan))
     pruned = rewrite(analysis, keep)
     if mode == "obs":  # issue 17: the OBS selection is deterministic: rerun it for the refitted weights
-        from .obs import ObsSettings, fold_obs, obs_select
+        from .obs import ObsSettings
+        from .obs_select import fold_obs, obs_select
 
         batches = _Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
                            plan.settings.get("calib_batches"))

@@ -18,7 +18,8 @@ from graphs import G
 from onnxprune import Settings, Target, analyse, apply_plan, compress, load_model
 from onnxprune.cost import CostModel
 from onnxprune.criteria import score_groups
-from onnxprune.obs import Gram, Layer, ObsSettings, _State, fold_obs, greedy, layers_of, obs_profiles, obs_select, unfold
+from onnxprune.obs import Gram, Layer, ObsSettings, _State, greedy, layers_of, obs_profiles, unfold
+from onnxprune.obs_select import fold_obs, obs_select
 from onnxprune.reconstruct import _exposing
 from onnxprune.rewrite import rewrite, session
 
