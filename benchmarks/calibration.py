@@ -110,12 +110,12 @@ def _usage() -> dict:
 
 
 def measure_plain(model_path, data_path, args, select) -> dict:
-    from onnxprune.calibrate import _cpu_count, open_session
+    from onnxprune.runtime.session import cpu_count, open_session
 
     x = np.load(data_path, mmap_mode="r")
     cpu0, t0 = _usage()["cpu_s"], time.perf_counter()
     # Every core: onnxruntime's default (one thread per physical core) would use one of two here.
-    session = open_session(str(model_path), threads=_cpu_count()).session
+    session = open_session(str(model_path), threads=cpu_count()).session
     for i in range(0, len(x), PLAIN_BATCH):
         session.run(None, {"input": np.ascontiguousarray(x[i : i + PLAIN_BATCH])})
     return {"wall_s": time.perf_counter() - t0, "cpu_s": _usage()["cpu_s"] - cpu0, "images": len(x)}
@@ -124,8 +124,8 @@ def measure_plain(model_path, data_path, args, select) -> dict:
 def measure_hrank(model_path, data_path, args, select, *, method="auto", early=None, overlap=True) -> dict:
     import onnx
 
-    from onnxprune.calibrate import calibrate
-    from onnxprune.collectors import RankCollector
+    from onnxprune.scoring.calibrate import calibrate
+    from onnxprune.scoring.collectors import RankCollector
     from onnxprune.data import input_specs, load_data
 
     model = onnx.load(str(model_path))
@@ -149,7 +149,8 @@ def measure_reference(model_path, data_path, args, select) -> dict:
     """HRank's code path: per layer, run the network and loop matrix_rank over images and channels."""
     import onnx
 
-    from onnxprune.calibrate import observed_model, open_session
+    from onnxprune.runtime.session import open_session
+    from onnxprune.scoring.calibrate import observed_model
 
     model = onnx.load(str(model_path))
     tensors = select(model)
@@ -179,8 +180,9 @@ def measure_kernels(model_path, data_path, args, select) -> dict:
     """Seconds per image of each rank implementation on one batch of real activations."""
     import onnx
 
-    from onnxprune.calibrate import observed_model, open_session
-    from onnxprune.collectors import matrix_ranks
+    from onnxprune.runtime.session import open_session
+    from onnxprune.scoring.calibrate import observed_model
+    from onnxprune.scoring.collectors import matrix_ranks
 
     model = onnx.load(str(model_path))
     tensors = select(model)

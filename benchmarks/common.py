@@ -35,8 +35,8 @@ def calibration_set(n: int = 1024) -> dict[str, np.ndarray]:
 
 
 def top1(model, data: dict[str, np.ndarray], batch_size: int = 500) -> float:
-    from onnxprune.graph import read_model
-    from onnxprune.rewrite import session
+    from onnxprune.model.files import read_model
+    from onnxprune.runtime.session import session
 
     sess = session(read_model(model) if isinstance(model, (str, Path)) else model)
     name = sess.get_inputs()[0].name

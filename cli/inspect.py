@@ -61,7 +61,7 @@ def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path
 
     With --summary: the coverage of one or several models (what share of their MACs pruning
     can reach, and what blocks the rest)."""
-    from onnxprune.report import ReportSettings, build_report, check_writable, render, write_text_atomic
+    from onnxprune.report.build import ReportSettings, build_report, check_writable, render, write_text_atomic
 
     fmt = resolve_format(fmt, as_json, output)
     ctx = click.get_current_context()
@@ -98,9 +98,9 @@ def inspect_summary(models, flops, fmt, output, shapes, force, conflicting) -> i
     """``inspect --summary``: coverage_summary per model, as a table or JSON. A model that cannot
     be analysed is a one-line error; among several, its row says why, the others are printed,
     and the exit status is 1 with one line on stderr."""
-    from onnxprune.coverage import coverage_summary, format_coverage
+    from onnxprune.analysis.coverage import coverage_summary, format_coverage
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.report import check_writable, write_text_atomic
+    from onnxprune.report.build import check_writable, write_text_atomic
 
     if conflicting:
         names = ", ".join("--" + o.replace("_path", "").replace("_", "-") for o in conflicting)
@@ -135,7 +135,7 @@ def inspect_summary(models, flops, fmt, output, shapes, force, conflicting) -> i
 
 def resolve_format(fmt: str | None, as_json: bool, output: str | None) -> str:
     """--json or --format win; else the output's extension; else text."""
-    from onnxprune.report import FORMATS
+    from onnxprune.report.build import FORMATS
 
     if as_json and fmt not in (None, "json"):
         raise click.UsageError(f"--json conflicts with --format {fmt}")
@@ -151,7 +151,7 @@ def resolve_format(fmt: str | None, as_json: bool, output: str | None) -> str:
 
 def read_sensitivity(path: str):
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.sensitivity import Sensitivity
+    from onnxprune.allocate.sensitivity import Sensitivity
 
     try:
         text = Path(path).read_text()

@@ -34,9 +34,9 @@ Examples:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def sensitivity(model, data, output, plot, criterion, eval_images, metric, reconstruct, device, input_shapes, force, as_json, quiet):
     """Prune each channel group alone at 10%..90% and measure the damage on the data."""
-    from onnxprune.graph import write_bytes_atomic
+    from onnxprune.model.files import write_bytes_atomic
     from onnxprune.pipeline import sensitivity_analysis
-    from onnxprune.sensitivity import plot_sensitivity
+    from onnxprune.allocate.sensitivity import plot_sensitivity
 
     from .compress import _providers
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .analysis import Analysis
+from .analysis.builder import Analysis
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class CostModel:
     def _einsum_term(self, node: gs.Node):
         """MACs of a two-operand Einsum: the product of the sizes of all its letters, each letter's
         size taken from the first operand (or the output) whose axis the analysis tracks."""
-        from .rules import _einsum_terms  # the rule's parser: one reading of the equation
+        from .analysis.rules import _einsum_terms  # the rule's parser: one reading of the equation
 
         class _Shapes:  # the parser asks only for ranks
             rank = staticmethod(lambda t: len(t.shape))

@@ -13,17 +13,18 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import onnx
 
-from .allocate import Allocation, Limits, Target, allocate_uniform, main_blockers
-from .analysis import Analysis, analyse
+from .allocate.search import Allocation, Limits, Target, allocate_uniform, main_blockers
+from .analysis.builder import Analysis, analyse
 from .cost import Cost, CostModel
-from .criteria import CRITERIA, score_groups
+from .scoring.weights import CRITERIA, score_groups
 from .errors import OnnxPruneError, PlanError, TargetError
-from .graph import Model, load_model, read_model
+from .model.graph import Model, load_model
+from .model.files import read_model
 from .plan import Plan, make_plan, plan_keep
-from .reconstruct import Compensator, reconstruct
+from .reconstruct.ldrf import Compensator, reconstruct
 from .rewrite import rewrite, verify
-from .scoring import DATA_CRITERIA, collect, data_scores, observations
-from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity
+from .scoring.activations import DATA_CRITERIA, collect, data_scores, observations
+from .allocate.sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity
 
 
 RECONSTRUCT_MODES = ("none", "local", "ldrf")
@@ -99,7 +100,7 @@ def recon_batch_size(analysis: Analysis, requested: int | None = None) -> int:
     ``apply`` streams the same batches as ``compress`` and reproduces the fitted weights."""
     if requested:
         return requested
-    from .reconstruct import find_consumers
+    from .reconstruct.ldrf import find_consumers
 
     tensors = analysis.model.tensors
     per_image = sum(4 * int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in tensors[n].shape or []]))

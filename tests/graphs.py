@@ -15,9 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import analyse, load_model, measured_cost, verify
 from onnxprune.rewrite import rewrite
-from onnxprune.analysis import IN
+from onnxprune.analysis.builder import IN
 from onnxprune.cost import CostModel
-from onnxprune.rewrite import random_inputs, run
+from onnxprune.rewrite import random_inputs
+from onnxprune.runtime.session import run
 
 
 class G:

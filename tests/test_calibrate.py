@@ -8,16 +8,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.calibrate import (
+from onnxprune.scoring.calibrate import (
     activation_bytes_per_image,
     calibrate,
     evaluate_top1,
     observed_model,
-    open_session,
-    resolve_providers,
     run_model,
 )
-from onnxprune.collectors import (
+from onnxprune.runtime.session import open_session, resolve_providers
+from onnxprune.scoring.collectors import (
     ApozCollector,
     CrossGramCollector,
     GramCollector,
@@ -228,11 +227,11 @@ def test_run_model_and_top1():
 
 
 def test_models_over_the_protobuf_limit_go_through_a_temporary_file(monkeypatch):
-    import onnxprune.calibrate as cal
+    import onnxprune.runtime.session as runtime_session
 
     model, x = small_cnn(), inputs(5)
     expected = calibrate(model, {"r2": [RankCollector()]}, [{"x": x}]).stats["r2"]["rank"]
-    monkeypatch.setattr(cal, "_PROTO_LIMIT", 100)  # every model counts as "too large"
+    monkeypatch.setattr(runtime_session, "PROTO_LIMIT", 100)  # every model counts as "too large"
     runner = open_session(model)
     assert runner._tmp is not None
     runner.close()
@@ -261,8 +260,8 @@ def test_group_scores_share_one_scale_however_many_tensors_observe_them():
     from pathlib import Path
 
     from onnxprune import analyse, load_model
-    from onnxprune.criteria import score_groups
-    from onnxprune.scoring import collect, data_scores, observations
+    from onnxprune.scoring.weights import score_groups
+    from onnxprune.scoring.activations import collect, data_scores, observations
 
     root = Path(__file__).resolve().parents[1]
     analysis = analyse(load_model(root / "models" / "resnet20_fmnist.onnx"))

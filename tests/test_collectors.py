@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxprune import collectors as col
-from onnxprune.collectors import (
+from onnxprune.scoring import collectors as col
+from onnxprune.scoring.collectors import (
     RANK_METHODS,
     ApozCollector,
     CrossGramCollector,

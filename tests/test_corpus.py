@@ -18,7 +18,7 @@ import pytest
 from cli.main import main
 from graphs import G
 from onnxprune import analyse, load_model
-from onnxprune.coverage import coverage_summary, format_coverage
+from onnxprune.analysis.coverage import coverage_summary, format_coverage
 from zoo import export
 
 ROOT = Path(__file__).resolve().parents[1]

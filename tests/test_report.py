@@ -19,8 +19,8 @@ import pytest
 from graphs import G
 from onnxprune import Settings, Target, compress
 from onnxprune.errors import OnnxPruneError, PlanError
-from onnxprune.report import (SCHEMA, ReportSettings, build_report, render_json, render_text, write_report)
-from onnxprune.report_html import render_html
+from onnxprune.report.build import (SCHEMA, ReportSettings, build_report, render_json, render_text, write_report)
+from onnxprune.report.html import render_html
 from test_cli import digest, run_cli, small_cnn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ def test_group_output_is_where_the_channels_leave_bn_and_activation():
     assert by_producer[gemm]["output"] == [] and not by_producer[gemm]["prunable"]
     # The same tensors calibration observes for HRank.
     from onnxprune import analyse, load_model
-    from onnxprune.scoring import observations
+    from onnxprune.scoring.activations import observations
 
     observed = {f"{o.tensor}[axis {o.axis}]" for o in observations(analyse(load_model(proto))).values()}
     assert observed == {t for g in groups for t in g["output"]}
@@ -137,7 +137,7 @@ def test_reconstruction_biases_are_counted_apart_from_the_prediction(tmp_path):
 
 
 def test_chart_labels_are_short_module_paths():
-    from onnxprune.report_html import _label
+    from onnxprune.report.html import _label
 
     assert _label("/stages/stages.1/stages.1.0/conv1/Conv", "Conv") == "stages.1.0/conv1"
     assert _label("/stem/stem.1/BatchNormalization", "BatchNormalization") == "stem.1"
@@ -155,7 +155,7 @@ def lrn_cnn():
 
 def test_blockers_credit_only_macs_no_group_can_reduce():
     from onnxprune import CostModel, analyse, load_model
-    from onnxprune.allocate import main_blockers
+    from onnxprune.allocate.search import main_blockers
 
     analysis = analyse(load_model(lrn_cnn()))
     cost = CostModel(analysis)
@@ -539,7 +539,7 @@ def test_sigint_during_startup_is_one_line(tmp_path):
 def test_report_api_is_exported_lazily():
     """``from onnxprune import build_report`` works, and ``import onnxprune`` alone loads no report code."""
     import onnxprune
-    import onnxprune.report as module
+    import onnxprune.report.build as module
 
     for name in ("Report", "ReportSettings", "build_report", "write_report"):
         assert name in onnxprune.__all__ and getattr(onnxprune, name) is getattr(module, name)

@@ -12,9 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 from graphs import G, check_invariants, random_keep
 from onnxprune import analyse, load_model, measured_cost, verify
 from onnxprune.rewrite import rewrite
-from onnxprune.analysis import IN
+from onnxprune.analysis.builder import IN
 from onnxprune.cost import CostModel
-from onnxprune.rewrite import random_inputs, run
+from onnxprune.rewrite import random_inputs
+from onnxprune.runtime.session import run
 
 I64 = np.int64
 
@@ -553,9 +554,9 @@ def test_qdq_masked_evaluation_scores_and_reconstruction():
     """Integer weights behind DequantizeLinear: the sensitivity session masks removed channels
     with the zero point (so it computes what the pruned model computes), magnitude criteria
     read dequantised values, and reconstruction leaves the integer weights alone."""
-    from onnxprune.criteria import score_groups
-    from onnxprune.reconstruct import find_consumers
-    from onnxprune.sensitivity import MaskedEvaluator
+    from onnxprune.scoring.weights import score_groups
+    from onnxprune.reconstruct.ldrf import find_consumers
+    from onnxprune.allocate.sensitivity import MaskedEvaluator
 
     analysis = analyse(load_model(_qdq_classifier()))
     model = analysis.model

@@ -7,10 +7,11 @@ import pytest
 from graphs import G, masked
 from onnxprune import Limits, Target, TargetError, analyse, load_model
 from onnxprune.cost import CostModel
-from onnxprune.criteria import score_groups
+from onnxprune.scoring.weights import score_groups
 from onnxprune.errors import PlanError
-from onnxprune.rewrite import rewrite, run
-from onnxprune.sensitivity import (
+from onnxprune.rewrite import rewrite
+from onnxprune.runtime.session import run
+from onnxprune.allocate.sensitivity import (
     MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity, plot_sensitivity,
     ratio_at,
 )
@@ -122,7 +123,7 @@ def test_compensated_evaluator_equals_locally_reconstructed_model(model):
     """With a Compensator, the masked session computes exactly what rewrite + local
     reconstruction (on the same calibration batches) computes, including through Flatten into a
     Gemm and for a consumer that had no bias (the evaluator gives it a zero one)."""
-    from onnxprune.reconstruct import Compensator, reconstruct
+    from onnxprune.reconstruct.ldrf import Compensator, reconstruct
 
     if model == "classifier":
         proto, shape = classifier(), (8, 3, 12, 12)
@@ -153,7 +154,7 @@ def test_compensated_evaluator_equals_locally_reconstructed_model(model):
 def test_compensated_curves_are_lower_and_recorded(setup, tmp_path):
     """Reconstruction repairs damage, so the compensated curves lie below the plain ones on
     average; the saved analysis says how its curves were measured."""
-    from onnxprune.reconstruct import Compensator
+    from onnxprune.reconstruct.ldrf import Compensator
 
     analysis, batches = setup
     scores = score_groups(analysis, "l1")
@@ -170,7 +171,7 @@ def test_compensated_curves_are_lower_and_recorded(setup, tmp_path):
 def test_restricted_evaluation_equals_whole_model(setup, compensated):
     """Running only what a group changes (cached prefix activations) gives the same curves as
     running the whole model, and really runs fewer nodes for the groups after the first."""
-    from onnxprune.reconstruct import Compensator
+    from onnxprune.reconstruct.ldrf import Compensator
 
     analysis, batches = setup
     scores = score_groups(analysis, "l1")

@@ -9,7 +9,8 @@ import pytest
 
 from graphs import masked, random_keep
 from onnxprune import Settings, Target, compress, measured_cost
-from onnxprune.rewrite import random_inputs, rewrite, run
+from onnxprune.rewrite import random_inputs, rewrite
+from onnxprune.runtime.session import run
 from zoo import export
 
 ZOO = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121",

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, OnnxPruneError
-from .bridge import _TORCH_DTYPES, OnnxModule, to_torch, write_back
+from .module import _TORCH_DTYPES, OnnxModule, to_torch, write_back
 
 Batch = dict[str, np.ndarray]
 BatchesFn = Callable[[], Iterable[Batch]]

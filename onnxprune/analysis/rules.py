@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .analysis import BN_SCALE, DEPTHWISE, IN, OUT, Builder
+from .builder import BN_SCALE, DEPTHWISE, IN, OUT, Builder
 from .shape_rules import (
     _channel_axis,
     _carries_none, _in_axis, _passthrough, _refuse_from, concat, expand, gather, pad, reshape, resize, slice_, split,

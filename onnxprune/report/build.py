@@ -32,15 +32,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .analysis import analyse
-from .cost import Cost
-from .criteria import CRITERIA, score_groups
-from .errors import OnnxPruneError, PlanError, require_onnxruntime
-from .graph import Model, load_model, write_bytes_atomic
-from .pipeline import Result, inspect_model, load_inputs, prepare
-from .plan import Plan, plan_keep
-from .rewrite import random_inputs, rewrite
-from .scoring import DATA_CRITERIA, collect, data_scores
+from ..analysis.builder import analyse
+from ..cost import Cost
+from ..scoring.weights import CRITERIA, score_groups
+from ..errors import OnnxPruneError, PlanError
+from ..runtime.session import CPU, open_session
+from ..model.graph import Model, load_model
+from ..model.files import write_bytes_atomic
+from ..pipeline import Result, inspect_model, load_inputs, prepare
+from ..plan import Plan, plan_keep
+from ..rewrite import random_inputs, rewrite
+from ..scoring.activations import DATA_CRITERIA, collect, data_scores
 
 SCHEMA = "onnxprune.report/1"
 FORMATS = {".html": "html", ".htm": "html", ".json": "json", ".txt": "text"}
@@ -84,7 +86,7 @@ class Report:
     settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        from . import __version__
+        from .. import __version__
 
         return {"schema": SCHEMA, "onnxprune_version": __version__, **asdict(self)}
 
@@ -247,7 +249,7 @@ def _added_params(pruned: Model, original: Model) -> int:
     """Parameters (as the cost model counts them) in initializers the original model lacks."""
     import onnx_graphsurgeon as gs
 
-    from .cost import _is_float
+    from ..cost import _is_float
 
     known = set(original.tensors)
     seen: set[str] = set()
@@ -266,15 +268,8 @@ def measure_latency(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes, 
     Runs are interleaved (original, pruned, original, ...) so that frequency scaling or a noisy
     neighbour slows both models alike instead of biasing the speed-up.
     """
-    ort = require_onnxruntime()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = settings.threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
     feeds = random_inputs(original, shapes, seed=0)
-    sessions = [ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-                for m in (original, pruned)]
+    sessions = [open_session(m, [CPU], threads=settings.threads, inter_op_threads=1).session for m in (original, pruned)]
     for _ in range(settings.warmup_runs):
         for s in sessions:
             s.run(None, feeds)
@@ -350,7 +345,7 @@ def summarise_scores(report: Report, scores: dict[int, np.ndarray], criterion: s
 
 def summarise_sensitivity(report: Report, sensitivity, settings: ReportSettings) -> dict:
     """Damage curves per group and the largest ratio whose damage stays within the tolerance."""
-    from .sensitivity import ratio_at
+    from ..allocate.sensitivity import ratio_at
 
     data = json.loads(sensitivity.to_json()) if hasattr(sensitivity, "to_json") else dict(sensitivity)
     if data.get("fingerprint") not in (None, report.model["fingerprint"]):
@@ -527,7 +522,7 @@ def format_of(path: str | os.PathLike) -> str:
 
 def render(report: Report, fmt: str) -> str:
     if fmt == "html":
-        from .report_html import render_html
+        from .html import render_html
 
         return render_html(report)
     if fmt == "json":

@@ -21,21 +21,18 @@ import copy
 import functools
 import hashlib
 import os
-import stat
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from .errors import ModelError
+from ..errors import ModelError, first_line
+from .files import read_model
 
 # Protobuf refuses to serialise a single message above 2 GiB; larger models keep their
 # weights in an external data file.
-_PROTO_LIMIT = 2**31 - 1
 
 
 @dataclass
@@ -64,22 +61,6 @@ class Model:
         return dequantizers(self.proto)
 
 
-def read_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file (with its external data) or raise a one-line ModelError."""
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"{p}: no such file")
-    if p.is_dir():
-        raise ModelError(f"{p}: is a directory, expected an .onnx file")
-    try:
-        proto = onnx.load(str(p))
-    except Exception as exc:  # protobuf raises several unrelated types for garbage input
-        raise ModelError(f"{p}: not a readable ONNX model ({_first_line(exc)})") from exc
-    if not proto.graph.node:
-        raise ModelError(f"{p}: not an ONNX model (no graph nodes; the file may be truncated or of another format)")
-    return proto
-
-
 def load_model(
     source: str | os.PathLike | onnx.ModelProto,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -98,7 +79,7 @@ def load_model(
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
-        raise ModelError(f"invalid ONNX model: {_first_line(exc)}") from exc
+        raise ModelError(f"invalid ONNX model: {first_line(exc)}") from exc
 
     proto = normalise(proto)
     fingerprint = fingerprint_of(proto)
@@ -218,7 +199,7 @@ def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     except Exception as exc:
-        raise ModelError(f"ONNX shape inference failed: {_first_line(exc)}") from exc
+        raise ModelError(f"ONNX shape inference failed: {first_line(exc)}") from exc
 
 
 def _analysis_graph(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> gs.Graph:
@@ -233,9 +214,7 @@ def _analysis_graph(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) 
 def _fill_shapes_with_onnxruntime(proto: onnx.ModelProto, graph: gs.Graph, shapes) -> None:
     """Shapes that ONNX inference could not derive (custom ops, some exporters' patterns) are
     read off one onnxruntime run on zeros: slower, but exact."""
-    from .errors import require_onnxruntime
-
-    ort = require_onnxruntime()
+    from ..runtime.session import CPU, open_session
     tensors = graph.tensors()
     names = [n for n, t in tensors.items() if isinstance(t, gs.Variable) and not _static(t.shape) and n]
     probe = copy.deepcopy(proto)
@@ -244,9 +223,10 @@ def _fill_shapes_with_onnxruntime(proto: onnx.ModelProto, graph: gs.Graph, shape
         if name not in existing:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"cannot infer intermediate shapes (onnxruntime could not load the model: {_first_line(exc)})") from exc
+        sess = open_session(probe, [CPU]).session
+    except ModelError as exc:
+        cause = exc.__cause__ or exc
+        raise ModelError(f"cannot infer intermediate shapes (onnxruntime could not load the model: {first_line(cause)})") from cause
     feeds = {}
     for inp in sess.get_inputs():
         dtype = _ORT_DTYPES.get(inp.type, np.float32)
@@ -275,95 +255,3 @@ _ORT_DTYPES = {
 }
 
 
-def serialise(proto: onnx.ModelProto) -> bytes:
-    return proto.SerializeToString(deterministic=True)
-
-
-def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write atomically: to a temporary file beside the target, then rename over it.
-
-    Models above protobuf's 2 GiB limit are written with their weights in ``<name>.data``.
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ModelError(f"cannot write {path}: directory {directory} does not exist")
-    if proto.ByteSize() > _PROTO_LIMIT:
-        _save_external(proto, path)
-        return
-    write_bytes_atomic(path, serialise(proto))
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    The file gets the permissions a plain ``open(path, "w")`` would give it: those of the file it
-    replaces, else ``0o666`` less the umask (``mkstemp`` alone would leave it private, 0600).
-    """
-    path = Path(path)
-    mode = file_mode(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent or "."))
-    except OSError as exc:
-        raise ModelError(f"cannot write {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _chmod(f.fileno(), tmp, mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # includes KeyboardInterrupt: never leave a partial file behind
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def file_mode(path: Path) -> int:
-    """Permission bits for a file written at ``path``: the existing file's, else 0o666 & ~umask."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where the OS tells it (Linux /proc)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: set and restore at once
-    os.umask(mask)
-    return mask
-
-
-def _chmod(fd: int, path: str, mode: int) -> None:
-    if os.chmod in os.supports_fd:
-        os.chmod(fd, mode)
-    else:  # Windows: only the read-only bit exists
-        os.chmod(path, mode)
-
-
-def _save_external(proto: onnx.ModelProto, path: Path) -> None:
-    data_name = path.name + ".data"
-    mode = file_mode(path)
-    with tempfile.TemporaryDirectory(dir=str(path.parent)) as tmpdir:
-        tmp_model = Path(tmpdir) / path.name
-        onnx.save_model(
-            copy.deepcopy(proto), str(tmp_model), save_as_external_data=True,
-            all_tensors_to_one_file=True, location=data_name, size_threshold=1024,
-        )
-        for written in (tmp_model, Path(tmpdir) / data_name):
-            if written.exists():
-                os.chmod(written, mode)
-        os.replace(Path(tmpdir) / data_name, path.parent / data_name)
-        os.replace(tmp_model, path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

@@ -38,7 +38,7 @@ import onnx_graphsurgeon as gs
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .graph import Model
+from ..model.graph import Model
 from .shape_values import Expectation, Expr, Forms, ShapeValues, exclusive_path, patchable_literal, static
 
 # Roles of weight dims; the criteria and the reconstruction look for them.

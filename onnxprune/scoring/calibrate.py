@@ -16,10 +16,7 @@ from inferred shapes, divide ``memory_budget`` (512 MiB by default). :func:`run_
 
 from __future__ import annotations
 
-import contextlib
-import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -33,8 +30,10 @@ import onnx
 from onnx import helper, shape_inference
 
 from .collectors import one_blas_thread
-from .data import DEFAULT_BATCH_SIZE, Dataset, InputSpec, input_specs, load_data
-from .errors import DataError, ModelError, OnnxPruneError, require_onnxruntime
+from ..data import DEFAULT_BATCH_SIZE, Dataset, InputSpec, input_specs, load_data
+from ..errors import DataError, ModelError, OnnxPruneError, first_line
+from ..model.files import PROTO_LIMIT
+from ..runtime.session import cpu_count, open_session, session_for
 
 __all__ = [
     "CalibrationResult",
@@ -42,20 +41,13 @@ __all__ = [
     "calibrate",
     "evaluate_top1",
     "observed_model",
-    "open_session",
-    "resolve_providers",
     "run_model",
 ]
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 # Bytes of requested activations alive at once. onnxruntime's own working memory (roughly
 # proportional to the batch too) comes on top: ResNet-50 peaks near 2 GB with this default.
 DEFAULT_MEMORY_BUDGET = 512 << 20
 MAX_AUTO_BATCH = 256
-# Protobuf cannot serialise a message of 2 GiB or more; such models go through a temporary
-# file with external data.
-_PROTO_LIMIT = (1 << 31) - (1 << 20)
 
 Key = str | tuple[str, str]
 Progress = Callable[[int, int], None]
@@ -83,103 +75,6 @@ class CalibrationResult:
 
 
 # --------------------------------------------------------------------------- providers
-
-
-def _provider_name(p) -> str:
-    return p[0] if isinstance(p, (tuple, list)) else p
-
-
-def resolve_providers(requested: Sequence | None = None) -> tuple[list, list[str]]:
-    """The providers to hand onnxruntime, and warnings for requested ones it does not have.
-
-    ``None`` means CUDA when this onnxruntime build has it, else CPU. Unavailable providers are
-    dropped (instead of letting onnxruntime fail or log), and CPU always closes the list.
-
-        resolve_providers(["CUDAExecutionProvider"])  # on a CPU build:
-        # (['CPUExecutionProvider'], ['CUDAExecutionProvider is not available ...; using CPU'])
-    """
-    ort = require_onnxruntime()
-    available = ort.get_available_providers()
-    if requested is None:
-        return ([CUDA, CPU] if CUDA in available else [CPU]), []
-    requested = [requested] if isinstance(requested, str) else list(requested)
-    kept = [p for p in requested if _provider_name(p) in available]
-    dropped = [_provider_name(p) for p in requested if _provider_name(p) not in available]
-    if not any(_provider_name(p) == CPU for p in kept):
-        kept.append(CPU)
-    warnings = [
-        f"{name} is not available in this onnxruntime (available: {', '.join(available)}); "
-        f"using {_provider_name(kept[0])}"
-        for name in dropped
-    ]
-    return kept, warnings
-
-
-# --------------------------------------------------------------------------- sessions
-
-
-@dataclass
-class _Session:
-    """An onnxruntime session plus what it needs to stay alive (a temporary model file)."""
-
-    session: Any
-    provider: str
-    warnings: list[str]
-    _tmp: Any = None
-
-    def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-
-def open_session(model, providers: Sequence | None = None, *, spinning: bool = True,
-                 threads: int = 0) -> _Session:
-    """An onnxruntime session over a ModelProto or a path, with the provider really used.
-
-    ``spinning=False`` stops onnxruntime's idle threads from busy-waiting between runs; the
-    calibration pass turns it off because numpy works between runs and would compete with
-    them for the cores. ``threads`` sets onnxruntime's intra-op threads (0: its default).
-    """
-    ort = require_onnxruntime()
-    chosen, warnings = resolve_providers(providers)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the library never prints; problems come back as errors
-    options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    tmp = None
-    if isinstance(model, onnx.ModelProto):
-        _check_external_data(model)
-        if model.ByteSize() < _PROTO_LIMIT:
-            source = model.SerializeToString()
-        else:
-            tmp = tempfile.TemporaryDirectory(prefix="onnxprune-")
-            source = str(Path(tmp.name) / "model.onnx")
-            onnx.save_model(model, source, save_as_external_data=True, location="model.onnx.data")
-    else:
-        source = str(model)
-    try:
-        session = ort.InferenceSession(source, options, providers=chosen)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        if tmp is not None:
-            tmp.cleanup()
-        raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
-    used = session.get_providers()[0]
-    wanted = _provider_name(chosen[0])
-    if used != wanted:
-        warnings.append(f"{wanted} could not be initialised; onnxruntime runs on {used}")
-    return _Session(session, used, warnings, tmp)
-
-
-def _check_external_data(model: onnx.ModelProto) -> None:
-    """Refuse a model whose weights were left in external files (onnxruntime cannot find them)."""
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            raise ModelError(
-                f"initializer '{t.name}' is stored in an external file that was not loaded; "
-                "pass the model path or load it with onnx.load(path) (external data included)"
-            )
 
 
 # --------------------------------------------------------------------------- the observed model
@@ -255,7 +150,7 @@ def _inferred_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     """Value infos of every tensor shape inference can type (none if it cannot run)."""
     known = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.input)}
     try:
-        inferred = shape_inference.infer_shapes(model) if model.ByteSize() < _PROTO_LIMIT else model
+        inferred = shape_inference.infer_shapes(model) if model.ByteSize() < PROTO_LIMIT else model
     except Exception:  # inference is best effort: onnxruntime still runs untyped-shape outputs
         return known
     known.update({vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)})
@@ -350,8 +245,8 @@ def calibrate(
 
     # onnxruntime's default is one thread per *physical* core (one on a 2-vCPU machine); here it
     # gets every core, or all but one when a core runs the collectors beside it.
-    threads = max(1, _cpu_count() - 1) if overlap else _cpu_count()
-    workers = _cpu_count() if workers is None else workers
+    threads = max(1, cpu_count() - 1) if overlap else cpu_count()
+    workers = cpu_count() if workers is None else workers
     runner = open_session(observed, providers, spinning=False, threads=threads)
     total = _total_images(data, size, max_batches)
     stream = _activations(runner.session, outputs, names, data.batches(size), max_batches)
@@ -396,13 +291,6 @@ def _consume(stream, requests, progress, total, stop_when_converged, pool) -> tu
 # Batches alive at once when overlapping: one in the collectors, one waiting in the queue, one
 # being produced by onnxruntime. The memory budget is shared between them.
 _IN_FLIGHT = 3
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _activations(session, outputs, names, batches, max_batches):
@@ -482,7 +370,7 @@ def _run(session, outputs: list[str], feed: Mapping[str, np.ndarray]) -> list[np
     try:
         return session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise DataError(f"onnxruntime failed on the data: {_first_line(exc)}") from exc
+        raise DataError(f"onnxruntime failed on the data: {first_line(exc)}") from exc
 
 
 def _feed(requests: Mapping[Key, Sequence], values: Mapping[str, np.ndarray], pool=None) -> None:
@@ -527,7 +415,7 @@ def run_model(
 
         logits = run_model(model, data)["logits"]      # [num_samples, classes]
     """
-    with _session_for(model, providers) as session:
+    with session_for(model, providers) as session:
         names = list(output_names or [o.name for o in session.get_outputs()])
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for feed in _batches_of(batches, batch_size):
@@ -554,7 +442,7 @@ def evaluate_top1(
     if labels is None:
         raise DataError("top-1 accuracy needs labels, and the data has none")
     correct = seen = 0
-    with _session_for(model, providers) as session:
+    with session_for(model, providers) as session:
         name = output_name or session.get_outputs()[0].name
         for feed in dataset.batches(batch_size):
             (logits,) = _run(session, [name], feed)
@@ -564,21 +452,3 @@ def evaluate_top1(
     if seen == 0:
         raise DataError("no samples in the data")
     return correct / seen
-
-
-@contextlib.contextmanager
-def _session_for(model, providers):
-    """Use a given onnxruntime session as is; open (and close) one for a model or path."""
-    if hasattr(model, "run") and hasattr(model, "get_outputs"):
-        yield model
-        return
-    runner = open_session(model, providers)
-    try:
-        yield runner.session
-    finally:
-        runner.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

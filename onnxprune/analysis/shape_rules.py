@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .analysis import Builder, Spread
+from .builder import Builder, Spread
 from .shape_values import Const, Kept, Prefix
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .analysis import BN_SCALE, IN, OUT, Analysis, ChannelGroup
+from ..analysis.builder import BN_SCALE, IN, OUT, Analysis, ChannelGroup
 
 
 def _per_channel(group: ChannelGroup, dim_id: int, atom_values: np.ndarray) -> np.ndarray:

@@ -41,7 +41,9 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from .analysis import IN, OUT, Analysis, Dim
+from ..analysis.builder import IN, OUT, Analysis, Dim
+from ..runtime.session import session
+from .moments import Moments
 
 LINEAR_CONSUMERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
@@ -59,42 +61,6 @@ class Consumer:
     observed: str  # tensor whose channels are fitted
     observed_axis: int
     positions: np.ndarray  # [C_observed, P]: in-dim atom of each (channel, position)
-
-
-@dataclass
-class Moments:
-    """Streamed sums for the fit: targets T (C channels) and inputs Z (K kept channels)."""
-
-    n: int = 0
-    t: np.ndarray | None = None  # sum T
-    z: np.ndarray | None = None  # sum Z
-    tt: np.ndarray | None = None  # sum T T'
-    tz: np.ndarray | None = None  # sum T Z'
-    zz: np.ndarray | None = None  # sum Z Z'
-
-    def update(self, target: np.ndarray, inputs: np.ndarray | None) -> None:
-        """``target`` [C, samples], ``inputs`` [K, samples] (float64 accumulation); ``inputs``
-        None means the inputs are the targets (one Gram instead of three)."""
-        # Per-batch products in float32 (BLAS sgemm/ssyrk, twice the float64 speed; the
-        # relative rounding, ~sqrt(samples) x 6e-8, is far below the fit's 1e-3 ridge), summed
-        # over batches in float64. Sums of T and Z in float64.
-        t = np.ascontiguousarray(target, dtype=np.float32)
-        if inputs is None:
-            tt = (t @ t.T).astype(np.float64)
-            s = t.sum(1, dtype=np.float64)
-            parts = dict(t=s, z=s, tt=tt, tz=tt, zz=tt)
-        else:
-            z = np.ascontiguousarray(inputs, dtype=np.float32)
-            parts = dict(t=t.sum(1, dtype=np.float64), z=z.sum(1, dtype=np.float64), tt=(t @ t.T).astype(np.float64),
-                         tz=(t @ z.T).astype(np.float64), zz=(z @ z.T).astype(np.float64))
-        for key, value in parts.items():
-            current = getattr(self, key)
-            setattr(self, key, value if current is None else current + value)
-        self.n += t.shape[1]
-
-    def restrict(self, kept: np.ndarray) -> "Moments":
-        """The moments of (all channels, kept channels) from the moments of (all, all)."""
-        return Moments(self.n, self.t, self.t[kept], self.tt, self.tt[:, kept], self.tt[np.ix_(kept, kept)])
 
 
 @dataclass
@@ -460,7 +426,6 @@ def _moments(analysis: Analysis, atoms: np.ndarray, pruned: onnx.ModelProto | No
     ``_Frontier`` objects that run only the part of each graph not computed yet; ``later``: the
     tensors the passes after this one observe."""
     if runners is None:
-        from .rewrite import session
 
         sessions = [session(_exposing(analysis.model.proto, observed))]
         if pruned is not None:
@@ -577,7 +542,6 @@ class _Frontier:
         pass), then ``finish``; afterwards the nodes run are done and their frontier kept. With
         ``later`` (the tensors later passes will ask for) only the frontier those need is kept:
         side branches that no later pass reads (auxiliary heads, other outputs) are not stored."""
-        from .rewrite import session
 
         self.outputs = outputs
         graph = self.proto.graph

@@ -26,11 +26,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .allocate import Target
-from .analysis import IN, Analysis
-from .errors import OnnxPruneError
-from .pipeline import Settings, compress, measured_cost, prepare
-from .rewrite import random_inputs, rewrite, run
+from ..allocate.search import Target
+from .builder import IN, Analysis
+from ..errors import OnnxPruneError
+from ..pipeline import Settings, compress, measured_cost, prepare
+from ..rewrite import random_inputs, rewrite, run
 
 CONV_OPS = ("Conv", "ConvTranspose")
 

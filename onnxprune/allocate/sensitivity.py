@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .allocate import Allocation, Limits, Target, bisect, keep_from_counts, ranked, unreachable_message
-from .analysis import IN, Analysis
-from .cost import CostModel
-from .errors import DataError, PlanError
-from .plan import group_key
-from .reconstruct import Compensator, changed_nodes
-from .rewrite import session
+from .search import Allocation, Limits, Target, bisect, keep_from_counts, ranked, unreachable_message
+from ..analysis.builder import IN, Analysis
+from ..cost import CostModel
+from ..errors import DataError, PlanError
+from ..plan import group_key
+from ..reconstruct.ldrf import Compensator, changed_nodes
+from ..runtime.session import session
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 METRICS = ("accuracy_drop", "kl", "disagreement", "error")
@@ -426,7 +426,7 @@ def plot_sensitivity(sens: Sensitivity, path) -> None:
     fig.tight_layout()
     from io import BytesIO
 
-    from .graph import write_bytes_atomic
+    from ..model.files import write_bytes_atomic
 
     buf = BytesIO()
     fig.savefig(buf, format="png")

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .analysis import Analysis
-from .cost import Cost, CostModel
-from .errors import TargetError
+from ..analysis.builder import Analysis
+from ..cost import Cost, CostModel
+from ..errors import TargetError
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg.lapack import dpotrf
 
+from ..reconstruct.moments import gram
+
 __all__ = [
     "RANK_METHODS",
     "ApozCollector",
@@ -474,8 +476,9 @@ class GramCollector:
         if self._sum is None:
             self._sum, self._outer = np.zeros(c), np.zeros((c, c))
         for block in _sample_blocks(batch, self.axis, self.name):
-            self._sum += block.sum(axis=1)
-            self._outer += block @ block.T
+            total, outer = gram(block)
+            self._sum += total
+            self._outer += outer
             self._count += block.shape[1]
 
     def result(self) -> GramStats:

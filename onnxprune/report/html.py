@@ -14,8 +14,8 @@ import base64
 import io
 from html import escape
 
-from .errors import DependencyError
-from .report import Report, layer_status, percent
+from ..errors import DependencyError
+from .build import Report, layer_status, percent
 
 COLOURS = {"prunable": "#2f6fbf", "blocked": "#d9822b", "other": "#9aa4ae"}
 

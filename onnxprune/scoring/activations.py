@@ -25,10 +25,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .analysis import Analysis
+from ..analysis.builder import Analysis
 from .collectors import ApozCollector, GramCollector, MeanActivationCollector, RankCollector
-from .criteria import CRITERIA, _combine
-from .reconstruct import Consumer, find_consumers, weight_blocks
+from .weights import CRITERIA, _combine
+from ..reconstruct.ldrf import Consumer, find_consumers, weight_blocks
 
 DATA_CRITERIA = ("hrank", "apoz", "mean_activation", "recon")
 _POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
