@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from onnxprune.scoring.registry import ALL_CRITERIA
+
 from .common import Progress, data_options, input_shape_option, output_path, parse_input_shapes, side_output
 from .finetune import EpochPrinter, tune_options, tune_settings
 
@@ -31,7 +33,7 @@ def _positive_int(text: str) -> int:
         raise click.BadParameter(f"expected a whole number or 'auto', got {text!r}", param_hint="--round-to") from None
 
 
-CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]
+CRITERIA = list(ALL_CRITERIA)
 
 
 @click.command(epilog=EXAMPLES_COMPRESS)
@@ -82,9 +84,9 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.model.files import write_bytes_atomic
-    from onnxprune.report.build import build_report, check_writable, format_of, render, write_text_atomic
     from onnxprune.allocate.sensitivity import Sensitivity
+    from onnxprune.model.files import check_writable, write_bytes_atomic, write_text_atomic
+    from onnxprune.report import build_report, format_of, render
 
     if (flops is None) == (params is None):
         raise click.UsageError("give exactly one of --flops or --params")
@@ -117,7 +119,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         limits=Limits(max_ratio, min_channels, AUTO_ROUND_TO if round_to == "auto" else _positive_int(round_to)),
         round_to_fallback=round_to == "auto",
         reconstruct=reconstruct, seed=seed, calib_batches=calib_batches, batch_size=batch_size,
-        eval_images=eval_images, providers=_providers(device), rank_early_stop=rank_early_stop,
+        eval_images=eval_images, providers=providers_for(device), rank_early_stop=rank_early_stop,
         sensitivity_metric=sensitivity_metric,
     )
     with Progress(quiet or as_json) as progress:
@@ -148,7 +150,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         click.echo(format_summary(summary))
 
 
-def _providers(device: str):
+def providers_for(device: str):
     if device == "cpu":
         return ("CPUExecutionProvider",)
     if device == "cuda":

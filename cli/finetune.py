@@ -34,7 +34,7 @@ def tune_options(fn):
 
 
 def tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed, device):
-    from onnxprune.tune import TuneSettings
+    from onnxprune.settings import TuneSettings
 
     return TuneSettings(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=tune_batch_size, temperature=temperature,
                         alpha=alpha, augment=augment, seed=seed, device=device, use_labels=not no_labels)

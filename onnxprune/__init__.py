@@ -14,17 +14,17 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Allocation": "allocate.search", "Limits": "allocate.search", "Target": "allocate.search", "allocate_uniform": "allocate.search",
-    "Analysis": "analysis.builder", "ChannelGroup": "analysis.builder", "analyse": "analysis.builder",
+    "Allocation": "allocate.search", "Limits": "settings", "Target": "settings", "allocate_uniform": "allocate.uniform",
+    "Analysis": "analysis", "ChannelGroup": "analysis", "analyse": "analysis",
     "Cost": "cost", "CostModel": "cost",
     "CRITERIA": "scoring.weights",
     "DataError": "errors", "DependencyError": "errors", "ModelError": "errors", "OnnxPruneError": "errors",
     "PlanError": "errors", "TargetError": "errors",
     "Model": "model.graph", "load_model": "model.graph", "save_model": "model.files",
-    "Result": "pipeline", "Settings": "pipeline", "apply_plan": "pipeline", "compress": "pipeline",
+    "Result": "pipeline", "Settings": "settings", "apply_plan": "pipeline", "compress": "pipeline",
     "inspect_model": "pipeline", "measured_cost": "pipeline", "sensitivity_analysis": "pipeline",
     "Plan": "plan",
-    "Report": "report.build", "ReportSettings": "report.build", "build_report": "report.build", "write_report": "report.build",
+    "Report": "report.model", "ReportSettings": "settings", "build_report": "report.build", "write_report": "report.build",
     "verify": "rewrite",
 }
 # ``rewrite`` (the function) is not exported here: the submodule onnxprune.rewrite has the same

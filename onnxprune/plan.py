@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .analysis.builder import Analysis
+from .analysis import Analysis
 from .errors import PlanError
 
 FORMAT = "onnxprune.plan/1"

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .analysis.builder import Analysis, Dim
+from .analysis import Analysis, Dim
 from .errors import ModelError, first_line
 from .model.graph import graph_inputs
 from .runtime.session import run

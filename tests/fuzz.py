@@ -427,7 +427,7 @@ def run_case(seed: int, render_html: bool = False) -> Outcome:
     """Generate case ``seed`` and check it (module docstring); never raises, reports instead."""
     from onnxprune import Limits, Settings, Target, TargetError, apply_plan, compress, measured_cost
     from onnxprune.model.files import serialise
-    from onnxprune.report.build import ReportSettings, build_report, render, render_json, render_text
+    from onnxprune.report import ReportSettings, build_report, render, render_json, render_text
 
     rng = np.random.default_rng([seed, 1])
     blocks: list[str] = []

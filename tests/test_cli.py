@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from cli.main import main
+from onnxprune.cli.main import main
 from graphs import G
 
 

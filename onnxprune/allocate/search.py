@@ -15,50 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..analysis.builder import Analysis
+from ..analysis import Analysis
 from ..cost import Cost, CostModel
 from ..errors import TargetError
-
-
-@dataclass(frozen=True)
-class Target:
-    """Remove ``fraction`` of the model's ``kind`` ("flops" = MACs, or "params")."""
-
-    kind: str
-    fraction: float
-
-    def __post_init__(self):
-        if self.kind not in ("flops", "params"):
-            raise TargetError(f"unknown target kind {self.kind!r}: use flops or params")
-        if not 0.0 < self.fraction < 1.0:
-            raise TargetError(
-                f"--{self.kind} must be a fraction strictly between 0 and 1 (the share to remove), got {self.fraction:g}"
-            )
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-group bounds: at most ``max_ratio`` of a group's channels go, at least
-    ``min_channels`` stay, and kept counts are multiples of ``round_to`` where possible."""
-
-    max_ratio: float = 0.8
-    min_channels: int = 1
-    round_to: int = 1
-
-    def __post_init__(self):
-        if not 0.0 < self.max_ratio <= 1.0:
-            raise TargetError(f"--max-ratio must be in (0, 1], got {self.max_ratio:g}")
-        if self.min_channels < 1 or self.round_to < 1:
-            raise TargetError("--min-channels and --round-to must be at least 1")
-
-    def kept(self, n: int, ratio: float) -> int:
-        """Channels kept of ``n`` at ``ratio``: monotone non-increasing in ``ratio``."""
-        ratio = min(ratio, self.max_ratio)
-        kept = n - int(np.floor(ratio * n + 1e-9))
-        if self.round_to > 1 and n >= self.round_to:
-            kept = int(np.ceil(kept / self.round_to) * self.round_to)
-        floor = max(self.min_channels, n - int(np.floor(self.max_ratio * n + 1e-9)))
-        return int(min(n, max(kept, min(floor, n), 1)))
+from ..settings import Limits, Target
 
 
 @dataclass
@@ -84,27 +44,6 @@ def ranked(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
 
 def keep_from_counts(analysis: Analysis, order: dict[int, np.ndarray], counts: dict[int, int]) -> dict[int, np.ndarray]:
     return {gid: np.sort(order[gid][:k]) for gid, k in counts.items()}
-
-
-def allocate_uniform(
-    analysis: Analysis,
-    cost: CostModel,
-    scores: dict[int, np.ndarray],
-    target: Target,
-    limits: Limits = Limits(),
-) -> Allocation:
-    base = cost.evaluate(analysis.full_keep())
-    order = ranked(scores)
-    sizes = {gid: len(s) for gid, s in scores.items()}
-
-    def at(ratio: float):
-        kept = keep_from_counts(analysis, order, {g: limits.kept(n, ratio) for g, n in sizes.items()})
-        keep = analysis.keep_vector(kept)
-        return kept, keep, cost.evaluate(keep)
-
-    hi, (kept, keep, final) = bisect(at, 0.0, limits.max_ratio, base, target,
-                                      lambda r: unreachable_message(analysis, cost, target, r, limits))
-    return Allocation(kept, keep, final, base, target, ratio=hi, strategy="uniform")
 
 
 def bisect(at, lo: float, hi: float, base: Cost, target: Target, unreachable, steps: int = 50):

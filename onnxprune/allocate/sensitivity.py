@@ -9,7 +9,7 @@ only feeds the few zeroed weights it changes. No session is built per evaluation
 
     evaluator = MaskedEvaluator(analysis, batches, labels)
     sens = measure_sensitivity(analysis, evaluator, scores)
-    allocation = allocate_sensitivity(analysis, cost, scores, sens, Target("flops", 0.5))
+    allocation = allocate_sensitivity(analysis, cost, scores, sens, Target("flops", 0.5))  # from_scores.py
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .search import Allocation, Limits, Target, bisect, keep_from_counts, ranked, unreachable_message
-from ..analysis.builder import IN, Analysis
-from ..cost import CostModel
+from .search import ranked
+from ..analysis import IN, Analysis
+from ..analysis.oracle import masked_weights
 from ..errors import DataError, PlanError
 from ..plan import group_key
-from ..reconstruct.ldrf import Compensator, changed_nodes
+from ..reconstruct.compensator import Compensator
+from ..runtime.frontier import SuffixCache
 from ..runtime.session import session
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -65,7 +66,7 @@ class MaskedEvaluator:
         proto = copy.deepcopy(analysis.model.proto)
         fed = set(self.weights)
         if compensator is not None:
-            fed |= set(compensator.prepare(proto))
+            fed |= set(compensator.add_bias_inputs(proto))
         existing = {i.name for i in proto.graph.input}
         for init in proto.graph.initializer:
             if init.name in fed and init.name not in existing:
@@ -73,7 +74,7 @@ class MaskedEvaluator:
         self.proto, self.providers = proto, providers
         self.session = session(proto, providers)
         self.output = self.session.get_outputs()[0].name
-        self.focus: _Focus | None = None
+        self.focus: SuffixCache | None = None
         self.reference = [self._run(b, {}) for b in batches]
         n = sum(len(r) for r in self.reference)
         if self.labels is not None and len(self.labels) != n:
@@ -100,27 +101,16 @@ class MaskedEvaluator:
         if self.compensator is not None:
             names |= {self.compensator.biases[i] for i, c in enumerate(self.compensator.consumers)
                       if c.weight in names and i in self.compensator.biases}
-        self.focus = _Focus.build(self.proto, names, self.output, self.batches, self.providers, memory_budget)
+        self.focus = SuffixCache.build(self.proto, names, self.output, self.batches, self.providers, memory_budget)
         return self.focus is not None
 
     def unfocus(self) -> None:
         self.focus = None
 
     def masked_weights(self, keep: np.ndarray, compensate: bool = True) -> dict[str, np.ndarray]:
-        atoms = self.analysis.kept_atoms(keep)
-        out: dict[str, np.ndarray] = {}
-        for d in self.analysis.dims:
-            if d.role != IN or not d.constant:
-                continue
-            removed = np.flatnonzero(~atoms[d.offset : d.offset + d.size])
-            if removed.size:
-                w = out.get(d.tensor)
-                w = self.weights[d.tensor].copy() if w is None else w
-                index = [slice(None)] * w.ndim
-                index[d.axis] = removed
-                dq = self.analysis.model.dequantizers.get(d.tensor)
-                w[tuple(index)] = 0 if dq is None else dq.zeros_like(w)[tuple(index)]  # int8: the zero point
-                out[d.tensor] = w
+        """The masking oracle's weights for ``keep`` (``analysis.oracle``), or with a compensator
+        the folded weights and biases of the consumers it reconstructs."""
+        out = masked_weights(self.analysis, keep, base=self.weights)
         if self.compensator is not None and compensate:
             out.update(self.compensator.weights(keep))
         return out
@@ -170,68 +160,6 @@ class MaskedEvaluator:
         if metric == "accuracy_drop":
             return self.base["accuracy"] - metrics["accuracy"] + tie
         return metrics[metric] + (tie if metric != "error" else 0.0)
-
-
-class _Focus:
-    """A suffix of the evaluator's graph fed by cached prefix activations (see ``focus_on``)."""
-
-    def __init__(self, sess, inputs: set[str], cached: list[dict[str, np.ndarray]], output: str):
-        self.sess, self.inputs, self.cached, self.output = sess, inputs, cached, output
-
-    def run(self, weights: dict[str, np.ndarray]) -> list[np.ndarray]:
-        fed = {k: v for k, v in weights.items() if k in self.inputs}
-        return [self.sess.run([self.output], {**c, **fed})[0] for c in self.cached]
-
-    @classmethod
-    def build(cls, proto: onnx.ModelProto, names: set[str], output: str, batches, providers, budget: int):
-        graph = proto.graph
-        nodes = list(graph.node)
-        if not names or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                            for n in nodes for a in n.attribute):
-            return None
-        changed = changed_nodes(graph, names)
-        produced = {t for i in changed for t in nodes[i].output}
-        inits = {t.name for t in graph.initializer}
-        model_inputs = {t.name for t in graph.input} - inits
-        cut = sorted({t for i in changed for t in nodes[i].input if t and t not in produced and t not in inits})
-        if len(changed) == len(nodes) or output not in produced:
-            return None  # nothing to save (or the output does not depend on the weights)
-        from_prefix = [t for t in cut if t not in model_inputs]
-        cached = []
-        if from_prefix:
-            prefix = onnx.ModelProto()
-            prefix.CopyFrom(proto)
-            del prefix.graph.output[:]
-            prefix.graph.output.extend(onnx.ValueInfoProto(name=t) for t in from_prefix)
-            sess, used = session(prefix, providers), 0
-            for b in batches:
-                arrays = dict(zip(from_prefix, sess.run(from_prefix, b)))
-                used += sum(a.nbytes for a in arrays.values())
-                if used > budget:
-                    return None
-                cached.append({**{t: b[t] for t in cut if t in model_inputs}, **arrays})
-        else:
-            cached = [{t: b[t] for t in cut} for b in batches]
-        suffix = onnx.ModelProto()
-        suffix.CopyFrom(proto)
-        g = suffix.graph
-        del g.node[:], g.input[:], g.output[:]
-        g.node.extend(nodes[i] for i in sorted(changed))
-        needed = {t for i in changed for t in nodes[i].input}
-        kept_inits = [t for t in graph.initializer if t.name in needed]
-        del g.initializer[:]
-        g.initializer.extend(kept_inits)
-        produced_or_cut = produced | set(cut)
-        kept_info = [v for v in graph.value_info if v.name in produced_or_cut]
-        del g.value_info[:]
-        g.value_info.extend(kept_info)
-        for t in cut:
-            a = cached[0][t]
-            shape = ["N", *a.shape[1:]] if a.ndim else []  # batches may differ in size
-            g.input.append(onnx.helper.make_tensor_value_info(t, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), shape))
-        g.input.extend(i for i in graph.input if i.name in names and i.name in needed)
-        g.output.append(onnx.ValueInfoProto(name=output))
-        return cls(session(suffix, providers), {i.name for i in g.input}, cached, output)
 
 
 @dataclass
@@ -340,70 +268,6 @@ def ratio_at(curve: np.ndarray, ratios: np.ndarray, threshold: float) -> float:
     if hi_v <= lo_v:
         return float(lo_r)
     return float(lo_r + (hi_r - lo_r) * (threshold - lo_v) / (hi_v - lo_v))
-
-
-def allocate_sensitivity(
-    analysis: Analysis,
-    cost: CostModel,
-    scores: dict[int, np.ndarray],
-    sens: Sensitivity,
-    target: Target,
-    limits: Limits = Limits(),
-) -> Allocation:
-    """Each group gets ``ratio_at(curve, threshold)``; the threshold is binary-searched so the
-    network removes at least the target fraction. Groups without a curve keep everything."""
-    base = cost.evaluate(analysis.full_keep())
-    order = ranked(scores)
-    ratios = np.asarray(sens.ratios)
-    curves = {gid: np.asarray(sens.curves[gid]) for gid in scores if gid in sens.curves}
-
-    def at(threshold: float):
-        counts = {gid: limits.kept(len(scores[gid]), ratio_at(c, ratios, threshold)) for gid, c in curves.items()}
-        kept = keep_from_counts(analysis, order, counts)
-        keep = analysis.keep_vector(kept)
-        return kept, keep, cost.evaluate(keep)
-
-    hi = max((float(np.max(np.maximum.accumulate(np.maximum(c, 0)))) for c in curves.values()), default=0.0) + 1e-9
-    hi, (kept, keep, final) = bisect(at, 0.0, hi, base, target,
-                                      lambda r: unreachable_message(analysis, cost, target, r, limits))
-    ratios_used = {gid: round(ratio_at(c, ratios, hi), 4) for gid, c in curves.items()}
-    return Allocation(kept, keep, final, base, target, ratio=None, strategy="sensitivity",
-                      details={"threshold": hi, "metric": sens.metric, "ratios": ratios_used})
-
-
-def allocate_global(
-    analysis: Analysis,
-    cost: CostModel,
-    scores: dict[int, np.ndarray],
-    target: Target,
-    limits: Limits = Limits(),
-) -> Allocation:
-    """Rank channels across groups on normalised scores and cut the lowest until the target is met.
-
-    Scores are normalised per group by the group's mean score, so a channel's value reads "how
-    important relative to its layer's average channel"; raw scores are not comparable across
-    layers (an L1 norm grows with fan-in, an HRank rank with the map size). Per-group bounds
-    (``--max-ratio``, minimum channels, ``--round-to``) cap how many channels a group can lose.
-    """
-    base = cost.evaluate(analysis.full_keep())
-    order = ranked(scores)
-    norm = {gid: s / (np.mean(s) if np.mean(s) > 0 else 1.0) for gid, s in scores.items()}
-
-    def at(threshold: float):
-        counts = {}
-        for gid, s in norm.items():
-            below = int((s < threshold).sum())
-            ratio = below / len(s)
-            counts[gid] = limits.kept(len(s), ratio)
-        kept = keep_from_counts(analysis, order, counts)
-        keep = analysis.keep_vector(kept)
-        return kept, keep, cost.evaluate(keep)
-
-    lo = min((float(s.min()) for s in norm.values()), default=0.0)
-    hi = max((float(s.max()) for s in norm.values()), default=0.0) + 1e-9
-    hi, (kept, keep, final) = bisect(at, lo, hi, base, target,
-                                      lambda r: unreachable_message(analysis, cost, target, r, limits))
-    return Allocation(kept, keep, final, base, target, strategy="global", details={"threshold": hi})
 
 
 def plot_sensitivity(sens: Sensitivity, path) -> None:

@@ -214,7 +214,7 @@ def einsum(node, b: Builder) -> None:
     An input that carries no channels (a LayerNorm's output) is read like MatMul's: the one letter
     it shares with the weight only is consumed, the weight's only new letter produces channels.
     """
-    terms, out = _einsum_terms(node, b)
+    terms, out = einsum_terms(node, b)
     if terms is None:
         b.block_node(f"Einsum '{node.name}': equation {node.attrs.get('equation')!r} is not understood")
         return
@@ -252,7 +252,7 @@ def einsum(node, b: Builder) -> None:
     b.tie(b.define(y, out.index(new[0])), b.dim(w, tw.index(new[0]), OUT))
 
 
-def _einsum_terms(node, b: Builder):
+def einsum_terms(node, b: Builder):
     """Per-input letter strings and the output string, with '...' expanded to private letters."""
     equation = str(node.attrs.get("equation", "")).replace(" ", "")
     lhs, arrow, rhs = equation.partition("->")

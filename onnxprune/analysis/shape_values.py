@@ -205,13 +205,13 @@ def _arith(op: str):
         out = []
         for i in range(n):
             a, b = ea[i % len(ea)], eb[i % len(eb)]
-            out.append(_combine(op, a, b))
+            out.append(combine(op, a, b))
         return (tuple(sa) if len(ea) == n else tuple(sb)), out
 
     return evaluate
 
 
-def _combine(op: str, a: Expr, b: Expr) -> Expr:
+def combine(op: str, a: Expr, b: Expr) -> Expr:
     x, y = a.value, b.value
     floats = isinstance(x, float) or isinstance(y, float)
     if op == "add":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from ..errors import ModelError, first_line
+from ..errors import ModelError, OnnxPruneError, first_line
 
 # Protobuf cannot serialise a message of 2 GiB or more. Models at or above this size (1 MiB of
 # headroom for the message framing) are written, and handed to onnxruntime, with their weights
@@ -125,3 +125,33 @@ def _save_external(proto: onnx.ModelProto, path: Path) -> None:
                 os.chmod(written, mode)
         os.replace(Path(tmpdir) / data_name, path.parent / data_name)
         os.replace(tmp_model, path)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail before the (slow) report is built if ``path`` cannot be a file: it is a directory,
+    its directory does not exist or is not one, or no file can be created in it (checked by
+    creating and removing an empty temporary file there, which also catches read-only mounts
+    and a root user on a filesystem that refuses new files)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OnnxPruneError(f"cannot write {path}: it is a directory")
+    if parent.exists() and not parent.is_dir():
+        raise OnnxPruneError(f"cannot write {path}: {parent} is not a directory")
+    if not parent.is_dir():
+        raise OnnxPruneError(f"cannot write {path}: directory {parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=str(parent))
+    except OSError as exc:
+        raise OnnxPruneError(f"cannot write {path}: cannot create a file in {parent} ({exc.strerror or exc})") from exc
+    try:
+        os.close(fd)
+    finally:
+        os.unlink(probe)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    try:
+        write_bytes_atomic(path, text.encode("utf-8"))
+    except OSError as exc:  # e.g. replacing a file inside a read-only directory
+        raise OnnxPruneError(f"cannot write {path}: {exc.strerror or exc}") from exc

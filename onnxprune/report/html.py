@@ -3,7 +3,7 @@
 Everything is inline: CSS in a ``<style>`` element, plots as base64 PNGs drawn by matplotlib
 (Agg, no display needed), no script and no link to any other file or host, so the page can be
 mailed, archived next to the model, or opened on an air-gapped machine. Kept apart from
-``report.py`` because it is the only part that needs matplotlib (the ``[report]`` extra).
+``build.py`` and ``text.py`` because it is the only part that needs matplotlib (the ``[report]`` extra).
 
     html = render_html(build_report("model.onnx"))
 """
@@ -15,7 +15,7 @@ import io
 from html import escape
 
 from ..errors import DependencyError
-from .build import Report, layer_status, percent
+from .model import Report, layer_status, percent
 
 COLOURS = {"prunable": "#2f6fbf", "blocked": "#d9822b", "other": "#9aa4ae"}
 
@@ -299,7 +299,7 @@ def _per_layer_figure(r: Report, key: str, label: str):
     ax.set_ylabel(label)
     ax.set_xlim(-0.6, n - 0.4)
     if n <= 48:
-        ax.set_xticks(x, [_label(l["name"], l["op"]) for l in layers], rotation=90, fontsize=7)
+        ax.set_xticks(x, [axis_label(l["name"], l["op"]) for l in layers], rotation=90, fontsize=7)
     else:
         ax.set_xlabel("layer (position in the graph)")
     ax.spines[["top", "right"]].set_visible(False)
@@ -382,7 +382,7 @@ def _name(text: str) -> str:
     return f"<code>{out}</code>"
 
 
-def _label(name: str, op: str, width: int = 22) -> str:
+def axis_label(name: str, op: str, width: int = 22) -> str:
     """A short axis label for a layer: '/stages/stages.1/stages.1.0/conv1/Conv' -> 'stages.1.0/conv1'.
 
     Drops a trailing '/<op>' and every path segment that the next one repeats as its prefix

@@ -25,12 +25,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..analysis.builder import Analysis
+from ..analysis import Analysis
 from .collectors import ApozCollector, GramCollector, MeanActivationCollector, RankCollector
-from .weights import CRITERIA, _combine
-from ..reconstruct.ldrf import Consumer, find_consumers, weight_blocks
+from .weights import CRITERIA, combine
+from ..reconstruct.consumers import Consumer, find_consumers
+from ..reconstruct.fold import weight_blocks
 
-DATA_CRITERIA = ("hrank", "apoz", "mean_activation", "recon")
 _POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
 
 
@@ -140,7 +140,7 @@ def data_scores(analysis: Analysis, criterion: str, calibration, seed: int = 0) 
             np.add.at(per, chans, values[local])
             np.add.at(counts, chans, 1)
             parts.append(per / np.maximum(counts, 1))
-        scores[g.id] = _combine(parts, g.size) if parts else CRITERIA["l1"](g, analysis, None, seed)
+        scores[g.id] = combine(parts, g.size) if parts else CRITERIA["l1"](g, analysis, None, seed)
     return scores
 
 

@@ -29,11 +29,12 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
-from .collectors import one_blas_thread
+from .ranks import one_blas_thread
 from ..data import DEFAULT_BATCH_SIZE, Dataset, InputSpec, input_specs, load_data
 from ..errors import DataError, ModelError, OnnxPruneError, first_line
 from ..model.files import PROTO_LIMIT
 from ..runtime.session import cpu_count, open_session, session_for
+from ..runtime.submodel import needed_nodes, subgraph_inputs
 
 __all__ = [
     "CalibrationResult",
@@ -80,32 +81,6 @@ class CalibrationResult:
 # --------------------------------------------------------------------------- the observed model
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
-    """Names a node's subgraphs (If/Loop/Scan bodies) read, possibly from the outer scope."""
-    names = []
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for g in graphs:
-            for n in g.node:
-                names += list(n.input) + _subgraph_inputs(n)
-    return names
-
-
-def _needed_nodes(graph: onnx.GraphProto, targets: Iterable[str]) -> list[onnx.NodeProto]:
-    """The nodes the targets depend on, in their original (topological) order."""
-    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    keep: set[int] = set()
-    stack = list(targets)
-    while stack:
-        i = producer.get(stack.pop())
-        if i is None or i in keep:
-            continue
-        keep.add(i)
-        node = graph.node[i]
-        stack += [name for name in list(node.input) + _subgraph_inputs(node) if name]
-    return [node for i, node in enumerate(graph.node) if i in keep]
-
-
 def observed_model(
     model: onnx.ModelProto, tensors: Sequence[str]
 ) -> tuple[onnx.ModelProto, dict[str, onnx.ValueInfoProto]]:
@@ -123,8 +98,8 @@ def observed_model(
             raise ModelError(f"tensor '{name}' is a constant (initializer), not an activation")
         if name not in produced:
             raise ModelError(f"tensor '{name}' is not produced by any node of the model")
-    nodes = _needed_nodes(graph, tensors)
-    used = {n for node in nodes for n in list(node.input) + _subgraph_inputs(node)}
+    nodes = needed_nodes(graph, tensors)
+    used = {n for node in nodes for n in list(node.input) + subgraph_inputs(node)}
     inputs = {vi.name for vi in graph.input}
 
     out = onnx.ModelProto()

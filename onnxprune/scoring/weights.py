@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..analysis.builder import BN_SCALE, IN, OUT, Analysis, ChannelGroup
+from ..analysis import BN_SCALE, IN, OUT, Analysis, ChannelGroup
+from .registry import WEIGHT_CRITERIA
 
 
 def _per_channel(group: ChannelGroup, dim_id: int, atom_values: np.ndarray) -> np.ndarray:
@@ -44,7 +45,7 @@ def _weight_dims(analysis: Analysis, group: ChannelGroup, role: str) -> list[int
     return [i for i in group.dims if analysis.dims[i].role == role]
 
 
-def _combine(parts: list[np.ndarray], size: int) -> np.ndarray:
+def combine(parts: list[np.ndarray], size: int) -> np.ndarray:
     """Mean of the parts, each scaled to a peak of 1: a group seen on several tensors (a residual
     stream, a concat) gets scores on the same [0, 1] scale as a group seen on one."""
     total = np.zeros(size)
@@ -62,7 +63,7 @@ def _norm(p: int):
             rows = _weight_rows(analysis, d)
             norms = np.abs(rows).sum(1) if p == 1 else np.sqrt((rows**2).sum(1))
             parts.append(_per_channel(group, d, norms))
-        return _combine(parts, group.size)
+        return combine(parts, group.size)
 
     return criterion
 
@@ -84,7 +85,7 @@ def fpgm(group: ChannelGroup, analysis: Analysis, stats=None, seed: int = 0) -> 
         sq = (filters**2).sum(1)
         dist2 = np.maximum(sq[:, None] + sq[None, :] - 2 * filters @ filters.T, 0)
         parts.append(np.sqrt(dist2).sum(1))
-    return _combine(parts, group.size)
+    return combine(parts, group.size)
 
 
 def bn_scale(group: ChannelGroup, analysis: Analysis, stats=None, seed: int = 0) -> np.ndarray:
@@ -95,7 +96,7 @@ def bn_scale(group: ChannelGroup, analysis: Analysis, stats=None, seed: int = 0)
     for d in dims:
         gamma = np.abs(np.asarray(analysis.model.tensors[analysis.dims[d].tensor].values, dtype=np.float64))
         parts.append(_per_channel(group, d, gamma))
-    return _combine(parts, group.size)
+    return combine(parts, group.size)
 
 
 def random(group: ChannelGroup, analysis: Analysis, stats=None, seed: int = 0) -> np.ndarray:
@@ -106,8 +107,8 @@ def random(group: ChannelGroup, analysis: Analysis, stats=None, seed: int = 0) -
 l1 = _norm(1)
 l2 = _norm(2)
 
-# Data-driven criteria are added by calibrate-aware code in ``scoring.py``; this table holds
-# the ones that need only weights.
+# The functions of the weight criteria of ``registry.REGISTRY`` (the data criteria are scored
+# from calibration statistics in ``activations.py``).
 CRITERIA = {
     "l1": l1,
     "l2": l2,
@@ -115,6 +116,8 @@ CRITERIA = {
     "bn_scale": bn_scale,
     "random": random,
 }
+
+assert tuple(CRITERIA) == WEIGHT_CRITERIA, "scoring.registry and scoring.weights.CRITERIA disagree"
 
 
 def score_groups(analysis: Analysis, criterion: str, stats=None, seed: int = 0) -> dict[int, np.ndarray]:

@@ -1,4 +1,6 @@
-"""calibrate() on small graphs built in code, checked against onnxruntime run on the tensor directly."""
+"""Scoring stage. Invariant: ``calibrate()`` streams exactly the activations onnxruntime
+computes for the tensor (checked on small graphs built in code), whatever the batching, the
+providers or the model size (models over 2 GiB go through a temporary file)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Coverage on a representative corpus of real exported CNNs (the full corpus: benchmarks/coverage.py),
+"""Analysis stage, coverage (invariants 1-4 via inspect --coverage): a representative corpus of real exported CNNs (the full corpus: benchmarks/coverage.py),
 and the command that reports it (``onnxprune inspect --summary``).
 
 Each model must either compress at --flops 0.3 with invariants 1-4 checked on the result, or fail
@@ -6,7 +6,6 @@ with the exact unreachable-target message; models whose structure allows it must
 their convolution MACs in prunable layers. Small input sizes keep this under a few minutes.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,11 +14,11 @@ from pathlib import Path
 import onnx
 import pytest
 
-from cli.main import main
+from onnxprune.cli.main import main
 from graphs import G
 from onnxprune import analyse, load_model
 from onnxprune.analysis.coverage import coverage_summary, format_coverage
-from zoo import export
+from zoo import export, export_segmentation, export_timm, wheel_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "models" / "resnet20_fmnist.onnx"
@@ -120,13 +119,6 @@ def test_inspect_summary_usage_errors(capsys, args, message):
     assert code == 2 and message in err
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("coverage_benchmark", ROOT / "benchmarks" / "coverage.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("corpus")
@@ -183,9 +175,8 @@ def test_swin_mlp_hidden_channels_are_prunable(corpus_dir):
 
 @pytest.mark.slow
 def test_segmentation_head(corpus_dir):
-    bench = _benchmark()
     try:
-        path = bench.export_segmentation("lraspp_mobilenet_v3_large", corpus_dir, size=128)
+        path = export_segmentation("lraspp_mobilenet_v3_large", corpus_dir, size=128)
     except Exception as exc:  # the exporter's limitation, not onnxprune's
         pytest.skip(f"torch cannot export lraspp here: {exc}")
     assert_covered(coverage_summary(str(path)), min_share=0.8)
@@ -199,7 +190,7 @@ def test_timm_family(corpus_dir):
     import_torchvision()  # timm imports torchvision, whose CPU build needs its op schemas declared first
     import timm  # noqa: F401
 
-    path = _benchmark().export_timm("ghostnet_100", corpus_dir, size=96)
+    path = export_timm("ghostnet_100", corpus_dir, size=96)
     assert_covered(coverage_summary(str(path)))
 
 
@@ -214,9 +205,8 @@ def _registry_reachable() -> bool:
                                         ("ppocr_cls_v2", (1, 3, 48, 192))])
 def test_models_shipped_in_wheels(name, shape, corpus_dir):
     """PP-OCR det/rec/cls (Paddle models converted by paddle2onnx) from the rapidocr-onnxruntime wheel."""
-    bench = _benchmark()
     try:
-        path, shapes = bench.wheel_model(name, corpus_dir)
+        path, shapes = wheel_model(name, corpus_dir)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         if not _registry_reachable():
             pytest.skip(f"the package registry is unreachable, cannot pip download the wheel: {exc}")

@@ -1,4 +1,4 @@
-"""Fuzzing in CI: random CNNs (tests/fuzz.py) through the invariants, compress and the report,
+"""Analysis stage. Fuzzing in CI (invariants 1-4 on random graphs): random CNNs (tests/fuzz.py) through the invariants, compress and the report,
 plus the minimal cases of what the fuzzer found.
 
 The long campaign is ``python tests/fuzz.py --cases 2000 --jobs 2`` (docs/ROBUSTNESS.md).

@@ -1,4 +1,5 @@
-"""Tests of the ONNX -> torch bridge (onnxprune.torch.bridge) against onnxruntime.
+"""Torch stage. Invariant: the ONNX -> torch bridge (onnxprune.torch.module, op table in ops.py)
+computes what onnxruntime computes, and write-back round-trips bit-exactly:
 
 * every op of the table on a one-node graph built with onnx.helper, with its attribute variants;
 * torchvision classification models (random init) exported by both exporters;

@@ -1,4 +1,5 @@
-"""Collectors streamed over batches equal numpy references computed on all activations at once."""
+"""Scoring stage. Invariant: collectors streamed over batches equal numpy references computed
+on all activations at once (ranks exactly; sums and Gram matrices to float64 rounding)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxprune.scoring import collectors as col
+from onnxprune.scoring import ranks
 from onnxprune.scoring.collectors import (
     RANK_METHODS,
     ApozCollector,
@@ -98,8 +100,8 @@ def test_chunked_gram_and_chunking_of_maps_change_nothing(monkeypatch):
     rng = np.random.default_rng(5)
     maps = relu_maps(rng, 40, 30, 30, rank=12)
     expected = oracle_ranks(maps)
-    monkeypatch.setattr(col, "_GEMM_SINGLE_THREAD", 30 * 30 * 7)  # inner dim in pieces of 7
-    monkeypatch.setattr(col, "_CHUNK_BYTES", 8 * 30 * 30 * 9)  # a few maps per chunk
+    monkeypatch.setattr(ranks, "GEMM_SINGLE_THREAD", 30 * 30 * 7)  # inner dim in pieces of 7
+    monkeypatch.setattr(ranks, "CHUNK_BYTES", 8 * 30 * 30 * 9)  # a few maps per chunk
     for method in ("auto", "gram"):
         np.testing.assert_array_equal(matrix_ranks(maps, method), expected)
 
@@ -258,7 +260,7 @@ def test_gram_collector_streams_mean_and_second_moment(batch):
 def test_gram_collector_2d_rows_are_samples_and_chunks_change_nothing(monkeypatch):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((50, 7)).astype(np.float32)
-    monkeypatch.setattr(col, "_CHUNK_BYTES", 8 * 7 * 3)  # three samples per float64 block
+    monkeypatch.setattr(col, "CHUNK_BYTES", 8 * 7 * 3)  # three samples per float64 block
     got = stream(GramCollector(), x, 9)
     s = x.astype(np.float64)
     assert got.count == 50
@@ -274,7 +276,7 @@ def test_gram_collector_channel_axis_last():
 
 @pytest.mark.parametrize("batch", [2, 24])
 def test_cross_gram_collector(batch, monkeypatch):
-    monkeypatch.setattr(col, "_CHUNK_BYTES", 8 * 12 * 10)  # blocks of 10 samples, x and y aligned
+    monkeypatch.setattr(col, "CHUNK_BYTES", 8 * 12 * 10)  # blocks of 10 samples, x and y aligned
     x = activations(seed=1)
     y = activations(seed=2, c=7)
     cg = CrossGramCollector()
@@ -293,7 +295,7 @@ def test_cross_gram_rejects_misaligned_samples():
 
 
 def test_one_blas_thread_limits_and_restores():
-    controls = col._openblas_thread_controls()
+    controls = ranks.openblas_thread_controls()
     if not controls:
         pytest.skip("no OpenBLAS loaded")
     before = [get() for _, get in controls]
