@@ -343,9 +343,13 @@ def measured_cost(proto: onnx.ModelProto, input_shapes) -> Cost:
     return cost.evaluate(analysis.full_keep())
 
 
-def inspect_model(source, input_shapes=None) -> dict:
-    """Per-layer costs, channel groups and blockers, as plain data (rendered by the CLI/report)."""
-    model, analysis, cost = prepare(source, input_shapes)
+def inspect_model(source, input_shapes=None, analysis: Analysis | None = None) -> dict:
+    """Per-layer costs, channel groups and blockers, as plain data (rendered by the CLI/report).
+    ``analysis`` (of ``source``, a Model) saves analysing it again."""
+    if analysis is None:
+        model, analysis, cost = prepare(source, input_shapes)
+    else:
+        model, cost = analysis.model, CostModel(analysis)
     keep = analysis.full_keep()
     total = cost.evaluate(keep)
     per_node = cost.per_node(keep)

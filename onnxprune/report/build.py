@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..analysis import analyse
+from ..analysis import Analysis, analyse
 from ..cost import Cost
 from ..scoring.weights import CRITERIA, score_groups
 from ..errors import OnnxPruneError, PlanError
@@ -95,7 +95,8 @@ def build_report(
         criterion = criterion or "hrank"
     else:
         model = source if isinstance(source, Model) else load_model(source, input_shapes)  # loaded once: the slow part
-    inspection = inspect_model(model)
+    analysis = analyse(model)  # once, for every section
+    inspection = inspect_model(model, analysis=analysis)
     report = Report(**{f.name: inspection[f.name] for f in fields(Report) if f.name in inspection})
     report.settings = asdict(settings)
     for layer in report.layers:
@@ -103,7 +104,7 @@ def build_report(
     for group in report.groups:
         group["kept"] = None
     if plan is not None and pruned is None:
-        pruned = pruned_structure(model, plan)
+        pruned = pruned_structure(analysis, plan)
     if pruned is not None:
         report.plan = compare(report, plan, pruned, model.input_shapes, original=model)
         if settings.latency_runs > 0:
@@ -111,9 +112,9 @@ def build_report(
             report.latency.update(_predicted_latency(report))
     if scores is None and criterion is not None:
         if criterion in DATA_CRITERIA:
-            scores, calibration = calibrated_scores(model, dataset, criterion, settings)
+            scores, calibration = calibrated_scores(analysis, dataset, criterion, settings)
         else:
-            scores = data_free_scores(model, criterion)
+            scores = data_free_scores(analysis, criterion)
     if scores:
         report.scores = summarise_scores(report, scores, criterion, settings)
         report.scores["calibration"] = calibration
@@ -122,25 +123,24 @@ def build_report(
     return report
 
 
-def pruned_structure(model: Model, plan: Plan) -> onnx.ModelProto:
+def pruned_structure(analysis: Analysis, plan: Plan) -> onnx.ModelProto:
     """The model with the plan's channels removed, without reconstruction.
 
     Costs and latency depend only on the kept channels, not on the compensated weights, so a
     plan made with reconstruction needs no calibration data to be reported on.
     """
-    analysis = analyse(model)
     return rewrite(analysis, analysis.keep_vector(plan_keep(analysis, plan)))
 
 
-def data_free_scores(model: Model, criterion: str) -> dict[int, np.ndarray]:
+def data_free_scores(analysis: Analysis, criterion: str) -> dict[int, np.ndarray]:
     """Scores of every prunable group from the weights alone (``criterion`` in ``CRITERIA``)."""
     if criterion not in CRITERIA:
         raise OnnxPruneError(f"unknown criterion {criterion!r}; data-free: {', '.join(sorted(CRITERIA))}; "
                              f"with calibration data: {', '.join(DATA_CRITERIA)}")
-    return score_groups(analyse(model), criterion)
+    return score_groups(analysis, criterion)
 
 
-def calibrated_scores(model: Model, dataset, criterion: str, settings: ReportSettings) -> tuple[dict, dict]:
+def calibrated_scores(analysis: Analysis, dataset, criterion: str, settings: ReportSettings) -> tuple[dict, dict]:
     """Scores from one onnxruntime pass over the data (``criterion`` in ``DATA_CRITERIA``), where
     the criteria observe each group (``groups[].output``), and what the pass used."""
     if dataset is None:
@@ -149,7 +149,6 @@ def calibrated_scores(model: Model, dataset, criterion: str, settings: ReportSet
         raise OnnxPruneError("criterion recon is a removal order, not a score distribution: use hrank, apoz or mean_activation")
     if settings.calibration_images and (dataset.num_samples is None or dataset.num_samples > settings.calibration_images):
         dataset = dataset.take(settings.calibration_images)
-    analysis = analyse(model)
     stats = collect(analysis, dataset, [criterion])
     scores = data_scores(analysis, criterion, stats)
     return scores, {"images": stats.num_images, "provider": stats.provider}
