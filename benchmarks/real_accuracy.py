@@ -244,6 +244,25 @@ def markdown(log: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_lines(log) -> list[str]:
+    """Headline bullets for the benchmark index (run_all.py): per variant and target, the range of
+    accuracy points lost over the models."""
+    if not isinstance(log, dict) or not log.get("rows"):
+        return []
+    o, out = log["originals"], []
+    out.append("Originals: " + ", ".join(f"{n} {pct(m['accuracy'])}%" for n, m in o.items()) + ".")
+    for target in sorted({r["target"] for r in log["rows"]}):
+        for v in dict.fromkeys(r["variant"] for r in log["rows"]):
+            rows = [r for r in log["rows"] if r["target"] == target and r["variant"] == v and r["model"] in o]
+            if not rows:
+                continue
+            lost = {r["model"]: 100 * (o[r["model"]]["accuracy"] - r["accuracy"]) for r in rows if not r.get("error")}
+            failed = [r["model"] for r in rows if r.get("error")]
+            text = f"{target}, {v}: " + ", ".join(f"{m} -{d:.1f}" for m, d in lost.items()) + " points"
+            out.append(text + (f"; failed: {', '.join(failed)}" if failed else "") + ".")
+    return out
+
+
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
