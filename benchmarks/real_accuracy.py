@@ -203,7 +203,7 @@ def save_log(log: dict, path: Path) -> None:
 
 
 def pct(v):
-    return "" if v is None else f"{100 * v:.1f}"
+    return "" if v is None else f"{100 * max(0.0, v):.1f}"
 
 
 def markdown(log: dict) -> str:
@@ -241,6 +241,14 @@ def markdown(log: dict) -> str:
                     delta = 100 * (r["accuracy"] - o[name]["accuracy"])
                     lines.append(f"| {name} | {v} | {pct(r['macs_removed'])} | {acc} | {delta:+.1f} | {pct(r['agreement'])} | "
                                  f"{r['speedup']:.2f} | {r['compress_s']} | {r['peak_rss_mb']:.0f} | `{' '.join(r['args'])}` |")
+    lines += ["", "## Reproduce", "",
+              "```", "python benchmarks/real_accuracy.py --resume                 # measure the rows the log lacks",
+              "python benchmarks/real_accuracy.py --variant obs='--criterion obs --data {calib}' --variants default,obs --resume",
+              "```", "",
+              "Wheels are fetched with `pip download --no-deps` and data rendered into `$ONNXPRUNE_BENCH_CACHE` "
+              "(default `~/.cache/onnxprune-bench`); nothing of it is committed. The real models' `compress` "
+              "arguments include `--input-shape` (their symbolic dimensions; the data-free path needs it) and "
+              "`--batch-size` (the CLI fails on a -1 batch dimension and on a batch fixed at 1 without it)."]
     return "\n".join(lines) + "\n"
 
 

@@ -455,7 +455,9 @@ def score(name: str, preds: list, labels: list, reference: list | None = None) -
     out = {"accuracy": float(np.mean([norm(p) == norm(y) for p, y in zip(preds, labels)]))}
     if spec.kind == "recognize":
         errs = sum(edit_distance(norm(p), norm(y)) for p, y in zip(preds, labels))
-        out["char_accuracy"] = 1.0 - errs / max(1, sum(len(y) for y in labels))
+        # 1 - character error rate (edit distance over label length), 0 when the predictions
+        # are longer garbage than the labels
+        out["char_accuracy"] = max(0.0, 1.0 - errs / max(1, sum(len(y) for y in labels)))
     if reference is not None:
         out["agreement"] = float(np.mean([norm(p) == norm(r) for p, r in zip(preds, reference)]))
     return out
