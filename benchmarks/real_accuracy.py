@@ -310,7 +310,7 @@ def main(argv=None) -> int:
     import onnxruntime
     import platform
 
-    log.update(command="python benchmarks/real_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    log.update(command=" ".join(["python benchmarks/real_accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
                machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), onnxruntime {onnxruntime.__version__}, "
                        f"load {os.getloadavg()[0]:.1f} at start",
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
@@ -342,7 +342,7 @@ def main(argv=None) -> int:
                 rec = run_compress([str(path), *cli, "-o", str(pruned), "--force"], pruned.with_suffix(".log"))
                 row = {"model": name, "variant": variant, "target": target, "args": settings["args"],
                        "settings": settings, "compress_s": rec["compress_s"], "peak_rss_mb": rec["peak_rss_mb"],
-                       "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+                       "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load": round(os.getloadavg()[0], 1)}
                 if rec["rc"] == 0:
                     preds = predict(name, pruned, x)
                     row.update(score(name, preds, y, ref), macs_removed=rec["summary"]["flops_reduction"],
