@@ -390,7 +390,8 @@ def load_charsets(name: str) -> None:
 
 def dataset(name: str, split: str, n: int) -> tuple[np.ndarray, list]:
     """``(inputs [n,...] float32, labels)`` of a real model; ``split`` "calib" or "eval" (different
-    seeds, eval labels that occur in the calibration set are skipped for recognizers). Cached."""
+    seeds; for recognizers, eval labels that occur among the 256 default calibration samples are
+    skipped, so no evaluated string was seen in calibration). Cached."""
     spec = ZOO[name]
     seed = {"calib": 1, "eval": 2}[split]
     f = cache_dir() / "data" / f"{name}-{split}-{n}-s{seed}-g{GENERATOR_VERSION}.npz"
