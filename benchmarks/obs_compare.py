@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxprune import Settings, Target, compress  # noqa: E402
-from onnxprune.allocate import Limits  # noqa: E402
+from onnxprune.settings import Limits  # noqa: E402
 
 MODELS = {"resnet20": ROOT / "models/resnet20_fmnist.onnx", "vgg11": ROOT / "models/vgg11_fmnist.onnx"}
 VARIANTS = ("hrank+ldrf", "obs+ldrf", "obs+obs")
@@ -58,7 +58,7 @@ def main() -> None:
     limits = Limits(round_to=args.round_to)
     print("| model | variant | FLOPs target | top-1 | compress s |\n|---|---|---|---|---|")
     for name in args.models.split(","):
-        from onnxprune.graph import read_model
+        from onnxprune.model.files import read_model
 
         print(f"| {name} | original | 0 | {top1(read_model(str(MODELS[name])), test):.2%} | |", flush=True)
         for f in (float(x) for x in args.flops.split(",")):

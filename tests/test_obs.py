@@ -1,4 +1,5 @@
-"""Structured OBS (onnxprune/obs.py) and group magnitude (onnxprune/group_magnitude.py).
+"""Structured OBS (onnxprune/scoring/obs.py, obs_select.py, reconstruct/obs_fold.py) and group magnitude
+(onnxprune/scoring/weights.py).
 
 The OBS update is checked against a brute-force least-squares refit; the unfolding against
 onnxruntime's own convolution; the profiles of a group with two consumers against refits of
@@ -17,11 +18,13 @@ import pytest
 from graphs import G
 from onnxprune import Settings, Target, analyse, apply_plan, compress, load_model
 from onnxprune.cost import CostModel
-from onnxprune.criteria import score_groups
-from onnxprune.obs import Gram, Layer, ObsSettings, _State, greedy, layers_of, obs_profiles, unfold
-from onnxprune.obs_select import fold_obs, obs_select
-from onnxprune.reconstruct import _exposing
-from onnxprune.rewrite import rewrite, session
+from onnxprune.reconstruct.obs_fold import fold_obs
+from onnxprune.rewrite import rewrite
+from onnxprune.runtime.session import session
+from onnxprune.runtime.submodel import exposing
+from onnxprune.scoring.obs import ConsumerState, Gram, Layer, ObsSettings, greedy, layers_of, obs_profiles, unfold
+from onnxprune.scoring.obs_select import obs_select
+from onnxprune.scoring.weights import score_groups
 
 RIDGE = 1e-2
 
@@ -68,7 +71,7 @@ def test_obs_update_equals_least_squares_refit(align):
     h, g, hdd = gram.hpp / n, gram.hdp / n, xd.T @ xd / n
     hl = _damped(h, RIDGE)
     cols = layer.columns(np.arange(5))
-    state = _State(layer, gram, np.arange(5), cols, RIDGE)
+    state = ConsumerState(layer, gram, np.arange(5), cols, RIDGE)
     w_star = _refit(layer.w, g, hl, np.arange(h.shape[0]))
     np.testing.assert_allclose(state.full_w, w_star, rtol=1e-9, atol=1e-9 * np.abs(w_star).max())
     base = _objective(layer.w, hdd, g, hl, w_star)
@@ -100,7 +103,7 @@ def test_predicted_cost_is_measured_error_increase_on_samples():
     rng = np.random.default_rng(5)
     layer, gram, xd, xp = _random_layer(rng, channels=4, kk=2, samples=300)
     ridge = 1e-10
-    state = _State(layer, gram, np.arange(4), layer.columns(np.arange(4)), ridge)
+    state = ConsumerState(layer, gram, np.arange(4), layer.columns(np.arange(4)), ridge)
     err = lambda v: float((((xd @ layer.w.T) - xp @ v.T) ** 2).sum(1).mean())  # noqa: E731
     before = err(state.full_w)
     _, cum = greedy(SimpleNamespace(size=4), {0: state}, 2)
@@ -131,7 +134,7 @@ def test_unfold_reproduces_onnxruntime_convolution():
     analysis = analyse(load_model(model))
     layer = next(l for l in layers_of(analysis) if l.op == "Conv")
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 8)).astype(np.float32)
-    out = session(_exposing(model, [y])).run([y], {"x": x})[0]
+    out = session(exposing(model, [y])).run([y], {"x": x})[0]
     cols, scale = unfold(layer, x, np.random.default_rng(0), 10**6)
     assert scale == 1.0
     bias = np.asarray(analysis.model.tensors[layer.consumer.bias].values, np.float64)
@@ -152,7 +155,7 @@ def test_group_with_two_consumers_sums_their_refit_errors():
     assert len(layers) == 2
     # Brute force from the real activations: each consumer refit on the kept columns.
     xs = {l.input: [] for l in layers}
-    sess = session(_exposing(model, sorted(xs)))
+    sess = session(exposing(model, sorted(xs)))
     for b in batches:
         for name, v in zip(sorted(xs), sess.run(sorted(xs), b)):
             xs[name].append(v)
@@ -284,8 +287,8 @@ def test_cli_compress_with_obs(capsys, tmp_path):
 
 
 def test_profile_scores_reproduce_the_order_and_compare_across_groups():
-    from onnxprune.allocate import ranked
-    from onnxprune.obs import scores_from_profiles
+    from onnxprune.allocate.search import ranked
+    from onnxprune.scoring.obs import scores_from_profiles
 
     analysis = analyse(load_model(two_consumer_model()))
     for align in (1, 2):
@@ -299,7 +302,7 @@ def test_profile_scores_reproduce_the_order_and_compare_across_groups():
 
 
 def test_frontier_passes_select_what_whole_passes_select():
-    """Passes that run only the layers not computed yet (reconstruct._Frontier, invalidated
+    """Passes that run only the layers not computed yet (runtime.frontier.Frontier, invalidated
     below every written weight) give the selection and weights of passes run from the inputs."""
     g = G(3)
     x = g.cbr("x", 3, 8)
