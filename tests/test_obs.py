@@ -317,3 +317,27 @@ def test_frontier_passes_select_what_whole_passes_select():
         np.testing.assert_array_equal(runs[0].kept[gid], runs[1].kept[gid])
     for i, w in runs[1].weights.items():
         np.testing.assert_allclose(runs[0].weights[i], w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
+
+
+def test_registry_settings_and_sensitivity_know_obs(tmp_path):
+    """After the restructure (issue 14): obs and the group magnitudes are in the one criterion
+    table, ``--reconstruct obs`` without ``--criterion obs`` fails when the settings are made,
+    and ``sensitivity_analysis`` orders each group by the dense network's OBS profile."""
+    from test_cli import small_cnn
+    from test_cli_data import write_data
+
+    from onnxprune import OnnxPruneError, sensitivity_analysis
+    from onnxprune.scoring.registry import DATA_CRITERIA, WEIGHT_CRITERIA, inspect_criteria
+    from onnxprune.scoring.weights import CRITERIA
+
+    assert "obs" in DATA_CRITERIA and "obs" not in inspect_criteria()
+    assert {"group_magnitude", "group_l1"} <= set(WEIGHT_CRITERIA) and set(WEIGHT_CRITERIA) == set(CRITERIA)
+    with pytest.raises(OnnxPruneError, match="--criterion obs"):
+        Settings(target=Target("flops", 0.3), reconstruct="obs")
+    with pytest.raises(OnnxPruneError, match="--criterion obs"):
+        Settings(target=Target("flops", 0.3), criterion="hrank", reconstruct="obs")
+    model = small_cnn(tmp_path / "m.onnx")
+    data = write_data(tmp_path / "calib.npz", n=16)
+    sens, analysis = sensitivity_analysis(model, data, criterion="obs", eval_images=16)
+    assert sens.criterion == "obs" and set(sens.curves) == {g.id for g in analysis.prunable_groups}
+    assert all(np.isfinite(c).all() and len(c) == len(sens.ratios) for c in sens.curves.values())
