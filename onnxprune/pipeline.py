@@ -187,10 +187,20 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
             raise
         # Kept counts in multiples of N keep onnxruntime's fast kernels but cap small models:
         # meet the target with exact counts rather than fail (the summary says so).
-        round_to_note = (f"--round-to {limits.round_to} cannot reach the target on this model: kept channel counts "
-                         "are exact (round_to 1), which may run slower than rounded ones (docs/LATENCY.md)")
-        limits = replace(limits, round_to=1)
-        allocation = allocate(limits)
+        # --- issue 16: step the alignment down (16 -> 8 -> 4: onnxruntime keeps multiples of 4 in its
+        # blocked layout, padded), exact counts only where even 4 cannot reach the target
+        asked, allocation = limits.round_to, None
+        for step in [a for a in (asked // 2, asked // 4) if a >= 4 and asked % a == 0] + [1]:
+            limits = replace(limits, round_to=step)
+            try:
+                allocation = allocate(limits)
+                break
+            except TargetError:
+                if step == 1:
+                    raise
+        round_to_note = (f"--round-to {asked} cannot reach the target on this model: kept channel counts are multiples "
+                         f"of {limits.round_to}" + (" (exact), which may run slower than rounded ones (docs/LATENCY.md)"
+                                                     if limits.round_to == 1 else ", padded by onnxruntime to its block"))
     timer.lap("allocation")
 
     pruned = rewrite(analysis, allocation.keep)
