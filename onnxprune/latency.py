@@ -278,29 +278,50 @@ def _event_node(name: str, names: dict[str, int]) -> int | None:
     return None
 
 
-def profile_variant(data: bytes, feeds: dict, dep: Deployment, names: dict[str, int], budget_s: float = 0.6,
-                    min_runs: int = 4, max_runs: int = 40) -> tuple[float, dict[int, float]]:
-    """(median model_run ms, mean ms per original weighted node) from onnxruntime's profiler."""
+def profile_variants(datas: list[bytes], feeds: dict, dep: Deployment, names: dict[str, int], budget_s: float = 0.6,
+                     min_runs: int = 5, max_runs: int = 60, seed: int = 0) -> list[tuple[float, dict[int, float]]]:
+    """Per variant: (median model_run ms, ms per run of each original weighted node), from
+    onnxruntime's profiler. The variants run INTERLEAVED (each round runs every session once,
+    shuffled), so a shared machine's load drifts over all of them alike."""
+    rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        sess = session(data, dep, profile=os.path.join(tmp, "p"))
-        for _ in range(2):
-            sess.run(None, feeds)
+        sessions = [session(d, dep, profile=os.path.join(tmp, f"p{i}_")) for i, d in enumerate(datas)]
+        for sess in sessions:
+            for _ in range(2):
+                sess.run(None, feeds)
         start, runs = time.perf_counter(), 0
-        while runs < max_runs and (runs < min_runs or time.perf_counter() - start < budget_s):
-            sess.run(None, feeds)
+        while runs < max_runs and (runs < min_runs or time.perf_counter() - start < budget_s * len(datas)):
+            for j in rng.permutation(len(sessions)):
+                sessions[j].run(None, feeds)
             runs += 1
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    timed = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][-runs:]
-    first = min(e["ts"] for e in timed)  # the warm-up runs' kernels are left out
+        out = [_parse_profile(json.loads(Path(sess.end_profiling()).read_text()), names, runs) for sess in sessions]
+    return out
+
+
+def _parse_profile(events: list, names: dict[str, int], runs: int) -> tuple[float, dict[int, float]]:
+    """(latency ms, ms per run of each original weighted node) of one session's profile.
+
+    Robust to a loaded machine: each kernel's time is the median over the timed runs, and the
+    latency is the median kernel sum of a run plus the median time between kernels (session
+    overhead), not the median wall time of a run, which descheduling inflates at random."""
+    timed = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                   key=lambda e: e["ts"])[-runs:]
+    starts = np.array([e["ts"] for e in timed])
     per_node: dict[int, list[float]] = {}
+    kernels: dict[str, list[float]] = {}
+    run_sum = np.zeros(len(timed))
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first:
-            i = _event_node(e["name"], names)
-            if i is not None:
-                per_node.setdefault(i, []).append(e["dur"] / 1000.0)
-    # per node: the median run's share (sum over the node's kernels / runs would let one slow run weigh)
-    return (float(np.median([e["dur"] for e in timed])) / 1000.0,
-            {i: float(np.median(v)) * len(v) / runs for i, v in per_node.items()})
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < starts[0]:
+            continue
+        run_sum[int(np.searchsorted(starts, e["ts"], side="right")) - 1] += e["dur"] / 1000.0
+        kernels.setdefault(e["name"], []).append(e["dur"] / 1000.0)
+        i = _event_node(e["name"], names)
+        if i is not None:
+            per_node.setdefault(i, []).append(e["dur"] / 1000.0)
+    overhead = np.array([e["dur"] / 1000.0 for e in timed]) - run_sum
+    kernel_ms = sum(float(np.median(v)) * len(v) / runs for v in kernels.values())
+    latency = kernel_ms + max(float(np.percentile(overhead, 25)), 0.0)
+    return latency, {i: float(np.median(v)) * len(v) / runs for i, v in per_node.items()}
 
 
 def variant_keep(analysis: Analysis, align: int, ratio: float | dict) -> np.ndarray:
@@ -340,15 +361,17 @@ def profile_model(analysis: Analysis, dep: Deployment = Deployment(), cache_dir=
     plans = [("uniform", r) for r in FIT_RATIOS]
     plans += [("random", {g.id: float(rng.uniform(0.0, 0.75)) for g in analysis.prunable_groups}) for _ in range(HELDOUT)]
     features = _Features(analysis, CostModel(analysis), align)
-    rows = []
+    keeps, datas = [], []
     for i, (kind, ratio) in enumerate(plans):
-        keep = variant_keep(analysis, align, ratio)
-        data = proto.SerializeToString() if not isinstance(ratio, dict) and ratio == 0 else rewrite(analysis, keep).SerializeToString()
-        total, per_node = profile_variant(data, feeds, dep, names)
-        x, act = features.of(keep)
-        rows.append((kind, keep, total, per_node, x, act))
+        keeps.append(variant_keep(analysis, align, ratio))
+        full = not isinstance(ratio, dict) and ratio == 0
+        datas.append(proto.SerializeToString() if full else rewrite(analysis, keeps[-1]).SerializeToString())
         if progress:
-            progress(i + 1, len(plans))
+            progress(i + 1, len(plans) + 1)
+    rows = [(kind, keep, total, per_node, *features.of(keep))
+            for (kind, _), keep, (total, per_node) in zip(plans, keeps, profile_variants(datas, feeds, dep, names))]
+    if progress:
+        progress(len(plans) + 1, len(plans) + 1)
     fit_rows = [r for r in rows if r[0] == "uniform"]
     nodes = {}
     for slot, node in enumerate(features.nodes):
@@ -387,21 +410,10 @@ def _fit_line(x: np.ndarray, y: np.ndarray) -> list[float]:
     return [float(coef[0]), float(coef[1] / scale)]
 
 
-def measure_speedup(original: bytes, pruned: bytes, feeds: dict, dep: Deployment, budget_s: float = 3.0,
-                    min_rounds: int = 10, max_rounds: int = 2000, seed: int = 0) -> dict:
-    """Original and pruned timed interleaved (each round runs both, shuffled order) at fixed
-    threads: median latencies and their ratio."""
-    sessions = [session(original, dep), session(pruned, dep)]
-    for s in sessions:
-        for _ in range(3):
-            s.run(None, feeds)
-    rng = np.random.default_rng(seed)
-    times = [[], []]
-    start = time.perf_counter()
-    while len(times[0]) < max_rounds and (len(times[0]) < min_rounds or time.perf_counter() - start < budget_s):
-        for j in rng.permutation(2):
-            t = time.perf_counter()
-            sessions[j].run(None, feeds)
-            times[j].append((time.perf_counter() - t) * 1000.0)
-    a, b = (float(np.median(t)) for t in times)
-    return {"original_ms": round(a, 4), "pruned_ms": round(b, 4), "speedup": round(a / b, 4), "rounds": len(times[0])}
+def measure_speedup(original: bytes, pruned: bytes, feeds: dict, dep: Deployment, budget_s: float = 1.5,
+                    seed: int = 0) -> dict:
+    """Original and pruned timed INTERLEAVED at fixed threads, latency read from onnxruntime's
+    profiler as in the fits (kernel medians + session overhead: robust to a loaded machine)."""
+    (a, _), (b, _) = profile_variants([original, pruned], feeds, dep, {}, budget_s=budget_s, min_runs=10,
+                                      max_runs=400, seed=seed)
+    return {"original_ms": round(a, 4), "pruned_ms": round(b, 4), "speedup": round(a / b, 4)}
