@@ -133,12 +133,13 @@ def load_inputs(source, input_shapes=None, data=None, eval_data=None, limit=None
 
 
 def compress(source, settings: Settings, input_shapes=None, data=None, eval_data=None,
-             sensitivity: Sensitivity | None = None, progress=None) -> Result:
+             sensitivity: Sensitivity | None = None, progress=None, allocator=None) -> Result:
     """Prune ``source`` (path, ModelProto or Model) to the settings' target.
 
     ``data`` (calibration) and ``eval_data`` (sensitivity; labels give accuracy drop) are
     anything ``onnxprune.data.load_data`` reads. ``progress(stage, done, total)`` reports long
-    stages.
+    stages. ``allocator(analysis, cost, scores, limits, sensitivity) -> Allocation`` replaces the
+    built-in allocations (``speed.latency_allocator``: a measured speed-up target).
     """
     timer = Timer()
     model, dataset, evalset = load_inputs(source, input_shapes, data, eval_data)
@@ -173,6 +174,8 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
             sensitivity.check(analysis)
 
     def allocate(limits: Limits) -> Allocation:
+        if allocator is not None:  # --- issue 16: latency targets
+            return allocator(analysis, cost, scores, limits, sensitivity)
         if settings.allocation == "sensitivity":
             return allocate_sensitivity(analysis, cost, scores, sensitivity, settings.target, limits)
         if settings.allocation == "global":
@@ -183,7 +186,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     try:
         allocation = allocate(limits)
     except TargetError:
-        if not settings.round_to_fallback or limits.round_to == 1:
+        if not settings.round_to_fallback or limits.round_to == 1 or allocator is not None:
             raise
         # Kept counts in multiples of N keep onnxruntime's fast kernels but cap small models:
         # meet the target with exact counts rather than fail (the summary says so).
@@ -232,6 +235,8 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     summary = summarise(analysis, allocation, criterion, timer)
     summary["reconstruct"] = mode
     summary["round_to"] = limits.round_to
+    if "speed" in allocation.details:  # --- issue 16: target, predicted and measured speed-up
+        summary["speed"] = allocation.details["speed"]
     if round_to_note:
         summary["notes"] = [round_to_note]
     if recon_report is not None:
