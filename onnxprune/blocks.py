@@ -9,8 +9,9 @@ channels is not pruned.
 
 The block of a group is the runtime's alignment ``align`` (onnxruntime CPU: its NCHWc block),
 divided by what the group's channels already bring on each tensor they live in: a channel that
-appears ``m`` times on one axis (a GroupNormalization group of ``m`` channels) needs only
-``align / gcd(align, m)`` per block. Because a group's kept count is then aligned on every dim it
+is a run of ``m`` adjacent channels of a tensor (a GroupNormalization group of ``m`` channels)
+needs only ``align / gcd(align, m)`` per block. (A grouped convolution's channel is ``G`` strided
+copies, one per conv group: those keep the full ``align``.) Because a group's kept count is then aligned on every dim it
 touches, every tensor built from aligned groups is aligned too: both inputs of a Concat (and so
 the Concat), each conv group of a grouped convolution (the analysis ties channel ``l`` of every
 conv group into one channel, so a group's count *is* the per-conv-group count), depthwise convs.
@@ -58,6 +59,10 @@ def group_block(analysis: Analysis, gid: int, align: int) -> int:
     block = 1
     for did, local in g.atom_index.items():
         m = len(local) // g.size if g.size and len(local) % g.size == 0 else 1
+        if m > 1:  # only runs of m adjacent atoms per channel (GroupNorm) count; a grouped conv's
+            chans = np.asarray(g.channel_atoms[did])[np.argsort(local)]  # strided copies need align per conv group
+            if not np.all(chans.reshape(-1, m) == chans.reshape(-1, m)[:, :1]):
+                m = 1
         need = align // math.gcd(align, max(m, 1))
         block = block * need // math.gcd(block, need)
     return block
@@ -234,43 +239,81 @@ def _moves(st: _State):
                 yield {g: -1, h: 1}
 
 
+def _repair(st: _State, loss, goal: float, back: int) -> tuple[dict[int, int], float] | None:
+    """Compound move: add back one block of ``back``, then remove blocks of the other groups
+    (least marginal loss per marginal cost) until the cost is <= goal again; state unchanged."""
+    moves = {back: -1}
+    st.apply({back: -1})
+    try:
+        current = st.cost_with({})
+        while current > goal:
+            best = None
+            for g in st.steps:
+                if g == back or not st.can(g, 1):
+                    continue
+                c = st.cost_with({g: 1})
+                dc, dl = current - c, loss[g][st.b[g] + 1] - loss[g][st.b[g]]
+                if dc > 0 and (best is None or dl / dc < best[0]):
+                    best = (dl / dc, g, c)
+            if best is None:
+                return None
+            st.apply({best[1]: 1})
+            moves[best[1]] = moves.get(best[1], 0) + 1
+            current = best[2]
+        return moves, current
+    finally:
+        st.apply({g: -d for g, d in moves.items()})
+
+
+def _candidates(st: _State, compound: bool, goal: float):
+    """(moves, cost) of every one/two-block move, or of every compound move (``_repair``)."""
+    if not compound:
+        for m in _moves(st):
+            yield m, None
+        return
+    for g in st.steps:
+        if st.can(g, -1):
+            r = _repair(st, st.loss, goal, g)
+            if r is not None:
+                yield r
+
+
 def _exchange(st: _State, loss, current: float, goal: float, band: float) -> float:
-    """Local search over one- and two-block moves. Feasible: cost <= goal; inside the band:
-    cost >= band. First leave an overshoot (cost < band) for a feasible state closer to the
-    band, least loss increase first; then take loss-decreasing moves that stay feasible and do
-    not move further below the band."""
+    """Local search. Feasible: cost <= goal; inside the band: cost >= band. First leave an
+    overshoot (cost < band) for a feasible state closer to the band (into the band with the least
+    loss); then take loss-decreasing moves that stay feasible and do not move further below the
+    band. One/two-block moves first; compound moves (add back one block, greedy repair) when
+    those find nothing."""
+    st.loss = loss
+
     def dloss(m):
         return sum(loss[g][st.b[g] + d] - loss[g][st.b[g]] for g, d in m.items())
 
-    for _ in range(MAX_EXCHANGES):
-        if current >= band:
-            break
+    def step(compound: bool, landing: bool):
         best = None
-        for m in _moves(st):
+        floor = min(band, current)
+        for m, c in _candidates(st, compound, goal):
             dl = dloss(m)
-            c = st.cost_with(m)
-            if current < c <= goal:
+            if not landing and (dl >= -1e-12 or (best is not None and dl >= best[0][1])):
+                continue
+            c = st.cost_with(m) if c is None else c
+            if landing and current < c <= goal:
                 key = (c >= band, -dl if c >= band else c)  # into the band with least loss, else closest
                 if best is None or key > best[0]:
                     best = (key, m, c)
-        if best is None:
-            break
-        st.apply(best[1])
-        current = best[2]
-    for _ in range(MAX_EXCHANGES):
-        floor = min(band, current)
-        best = None
-        for m in _moves(st):
-            dl = dloss(m)
-            if dl >= -1e-12 or (best is not None and dl >= best[0]):
-                continue
-            c = st.cost_with(m)
-            if floor <= c <= goal:
-                best = (dl, m, c)
-        if best is None:
-            break
-        st.apply(best[1])
-        current = best[2]
+            elif not landing and floor <= c <= goal:
+                best = ((0, dl), m, c)
+        return best
+
+    for landing in (True, False):
+        for _ in range(MAX_EXCHANGES):
+            if landing and current >= band:
+                break
+            best = step(False, landing) or step(True, landing)
+            if best is None:
+                break
+            st.apply(best[1])
+            current = best[2]
     return current
 
 
