@@ -37,6 +37,7 @@ tests/test_blocks.py compares it with brute force on small graphs (stated gap th
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ from .errors import TargetError
 
 TOLERANCE = 0.01  # the band above the target the search aims for (the issue allows 0.015)
 MAX_EXCHANGES = 200
+SMALL = 12  # groups up to which three-block exchanges are tried
 
 
 def group_block(analysis: Analysis, gid: int, align: int) -> int:
@@ -183,45 +185,64 @@ def allocate_blocks(analysis: Analysis, cost_fn, order: dict[int, np.ndarray], l
         if len(s) > 1:
             steps[gid] = s
     loss = {gid: np.asarray(loss[gid], dtype=np.float64)[: len(steps[gid])] for gid in steps}
-    st = _State(analysis, cost_fn, order, steps)
     base = float(cost_fn(analysis.full_keep())) if base_cost is None else float(base_cost)
     goal = base * (1.0 - target.fraction)  # cost to reach (<=)
     band = base * (1.0 - target.fraction - tolerance)  # aim not below this cost
 
-    most = st.cost_with({g: len(s) - 1 for g, s in steps.items()}) if steps else base
+    most = _State(analysis, cost_fn, order, steps).cost_with({g: len(s) - 1 for g, s in steps.items()}) if steps else base
     if most > goal * (1 + 1e-12):
         reachable = 1.0 - most / base if base else 0.0
         raise TargetError(f"cannot remove {target.fraction:.1%} of the {_what(target)}: at most {reachable:.1%} is "
                           f"reachable with blocks of {align} channels and --max-ratio {limits.max_ratio:g}")
+    runs = []
+    for fill in (False, True):  # two starts, the better kept
+        st = _State(analysis, cost_fn, order, steps)
+        current = _greedy(st, loss, base, goal, band, fill)
+        if current > goal:  # a cost that is not monotone in the blocks stalled the greedy: start from the most
+            st.apply({g: len(s) - 1 - st.b[g] for g, s in steps.items()})
+            current = most
+        current = _exchange(st, loss, current, goal, band)  # 2. exchange steps
+        value = float(sum(loss[g][b] for g, b in st.b.items()))
+        runs.append(((current >= band * (1 - 1e-12), -value if current >= band * (1 - 1e-12) else current), st, current))
+        evaluations = sum(r[1].evaluations for r in runs)
+    _, st, current = max(runs, key=lambda r: r[0])
+    st.evaluations = evaluations
+    return _result(analysis, st, cost_model, order, target, base, current, align, blocks, limits, cost_kind,
+                   loss)
+
+
+def _greedy(st: _State, loss, base: float, goal: float, band: float, fill: bool) -> float:
+    """Lazy greedy: remove the block with the least marginal loss per marginal cost until the cost
+    is <= goal. ``fill``: a block whose removal would overshoot the band is set aside while
+    others still fit; the best of those set aside ends the run if nothing else reaches the goal."""
     current = base
-    # 1. lazy greedy: least marginal loss per marginal cost
-    heap = []
+    heap, aside = [], []
 
     def ratio(g):
         dc = current - st.cost_with({g: 1})
         dl = loss[g][st.b[g] + 1] - loss[g][st.b[g]]
         return (dl / dc if dc > 0 else math.inf), dc
 
-    for g in steps:
-        r, _ = ratio(g)
-        heapq.heappush(heap, (r, g, 0))
+    for g in st.steps:
+        heapq.heappush(heap, (ratio(g)[0], g))
     while current > goal and heap:
-        r, g, stamp = heapq.heappop(heap)
+        r, g = heapq.heappop(heap)
         fresh, dc = ratio(g)
         if heap and fresh > heap[0][0] + 1e-15 and fresh != r:
-            heapq.heappush(heap, (fresh, g, stamp))
+            heapq.heappush(heap, (fresh, g))
+            continue
+        if fill and current - dc < band:
+            aside.append(g)
             continue
         st.apply({g: 1})
         current = st.cost_with({})  # exact, no drift
         if st.can(g, 1):
-            heapq.heappush(heap, (ratio(g)[0], g, stamp + 1))
-    if current > goal:  # a cost that is not monotone in the blocks stalled the greedy: start from the most
-        st.apply({g: len(s) - 1 - st.b[g] for g, s in steps.items()})
-        current = most
-    # 2. exchange steps
-    current = _exchange(st, loss, current, goal, band)
-    return _result(analysis, st, cost_model, order, target, base, current, align, blocks, limits, cost_kind,
-                   loss)
+            heapq.heappush(heap, (ratio(g)[0], g))
+    if current > goal and aside:
+        g = min(aside, key=lambda h: ratio(h)[0])
+        st.apply({g: 1})
+        current = st.cost_with({})
+    return current
 
 
 def _moves(st: _State):
@@ -237,6 +258,12 @@ def _moves(st: _State):
         for h in groups:
             if h != g and st.can(h, 1):
                 yield {g: -1, h: 1}
+    if len(groups) <= SMALL:  # small problems: three-block exchanges too (cheap there, coarse steps need them)
+        for g, h, k in itertools.permutations(groups, 3):
+            if h < k and st.can(g, -1) and st.can(h, 1) and st.can(k, 1):
+                yield {g: -1, h: 1, k: 1}
+            if h < k and st.can(g, 1) and st.can(h, -1) and st.can(k, -1):
+                yield {g: 1, h: -1, k: -1}
 
 
 def _repair(st: _State, loss, goal: float, back: int) -> tuple[dict[int, int], float] | None:
