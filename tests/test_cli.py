@@ -166,7 +166,7 @@ def test_bad_input_gives_one_line_error(capsys, tmp_path, model, case, args, mes
 
 def test_usage_errors_exit_2(capsys, model):
     code, _, err = run_cli(capsys, "compress", model)
-    assert code == 2 and "exactly one of --flops or --params" in err
+    assert code == 2 and "exactly one of --flops, --params, --speedup or --latency-ms" in err
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--input-shape", "bad")
     assert code == 2
 
