@@ -60,8 +60,10 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
               help="Kept channel counts are multiples of N where a group has at least N channels. onnxruntime's CPU "
                    "convolutions leave their fast blocked (NCHWc) kernels for other counts: with 1, pruned models "
                    "ran at 0.46-0.50x of the FLOPs-predicted speed-up (some slower than the original), with 8 at "
-                   "0.73-0.76x, with 16 at 0.91-0.99x (docs/LATENCY.md, AVX-512 CPU). auto: 8, or exact counts (1) where 8 cannot reach "
-                   "the target (small models; the summary says so). 16 suits AVX-512 servers.")
+                   "0.73-0.76x, with 16 at 0.91-0.99x (docs/LATENCY.md, AVX-512 CPU). auto: the block onnxruntime pads to on this "
+                   "machine (probed: 16 with AVX-512, 8 with AVX2; 8 for cuda), stepping down to 8/4, then exact counts, "
+                   "where it cannot reach the target (the summary says so). Counts are chosen by an exact search "
+                   "over aligned blocks, so targets are met within about a point.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
 @click.option("--rank-early-stop", type=float, metavar="TOL",
               help="HRank: stop ranking a layer once no channel's mean rank moved by TOL over the last 32 images "
