@@ -131,16 +131,50 @@ class BlockAllocation(Allocation):
         return 1.0 - self.cost_value / self.base_value if self.base_value else 0.0
 
 
+class SizedCost:
+    """A ``cost_fn(keep)`` that is a function of the kept dim sizes: the block search then keeps
+    the sizes up to date block by block instead of recounting every atom per evaluation (5 ms ->
+    ~50 us on DenseNet-121's 320k atoms)."""
+
+    def __init__(self, analysis: Analysis, of_sizes):
+        self.analysis, self.of_sizes = analysis, of_sizes
+
+    def __call__(self, keep: np.ndarray) -> float:
+        return float(self.of_sizes(self.analysis.kept_sizes(keep)))
+
+
 class _State:
-    """Blocks removed per group with an in-place keep vector and cached cost."""
+    """Blocks removed per group, with the keep vector (or, for a SizedCost, the dim sizes)
+    updated in place, and the cost of candidate moves."""
 
     def __init__(self, analysis, cost_fn, order, steps):
         self.analysis, self.cost_fn, self.order, self.steps = analysis, cost_fn, order, steps
         self.b = {gid: 0 for gid in steps}
-        self.keep = analysis.full_keep()
         self.evaluations = 0
+        self.sized = isinstance(cost_fn, SizedCost)
+        if self.sized:
+            self.sizes = analysis.kept_sizes(analysis.full_keep()).astype(np.float64)
+            self.contrib = {gid: self._contributions(gid) for gid in steps}
+        else:
+            self.keep = analysis.full_keep()
+
+    def _contributions(self, gid: int):
+        """(dims of the group, [dims, steps] atoms of the group kept in each dim at each step)."""
+        g = self.analysis.groups[gid]
+        rank = np.empty(g.size, dtype=np.int64)
+        rank[np.asarray(self.order[gid], dtype=np.int64)] = np.arange(g.size)
+        dims = np.array(sorted(g.channel_atoms), dtype=np.int64)
+        steps = np.asarray(self.steps[gid], dtype=np.int64)
+        table = np.stack([np.searchsorted(np.sort(rank[g.channel_atoms[d]]), steps) for d in dims]) \
+            if len(dims) else np.zeros((0, len(steps)))
+        return dims, table.astype(np.float64)
 
     def _set(self, gid: int, b: int) -> None:
+        if self.sized:
+            dims, table = self.contrib[gid]
+            self.sizes[dims] += table[:, b] - table[:, self.b[gid]]
+            self.b[gid] = b
+            return
         start = int(self.analysis.group_offsets[gid])
         order, steps = self.order[gid], self.steps[gid]
         k = steps[b]
@@ -155,7 +189,7 @@ class _State:
             self._set(g, old[g] + d)
         try:
             self.evaluations += 1
-            return float(self.cost_fn(self.keep))
+            return float(self.cost_fn.of_sizes(self.sizes) if self.sized else self.cost_fn(self.keep))
         finally:
             for g, b in old.items():
                 self._set(g, b)
@@ -358,12 +392,12 @@ def _result(analysis, st, cost_model, order, target, base, current, align, block
                            target, strategy="blocks", details=details, cost_value=current, base_value=base)
 
 
-def macs_of(cost: CostModel):
-    return lambda keep: cost.evaluate(keep).macs
+def macs_of(cost: CostModel) -> SizedCost:
+    return SizedCost(cost.analysis, lambda sizes: cost.mac_terms.values(sizes).sum())
 
 
-def params_of(cost: CostModel):
-    return lambda keep: cost.evaluate(keep).params
+def params_of(cost: CostModel) -> SizedCost:
+    return SizedCost(cost.analysis, lambda sizes: cost.param_terms.values(sizes).sum())
 
 
 def cost_fn_for(cost: CostModel, kind: str):

@@ -158,8 +158,18 @@ class LatencyModel:
         return self
 
     def predict(self, keep: np.ndarray) -> float:
-        x, act = self._features.of(keep)
+        return self.predict_sizes(self._features.analysis.kept_sizes(keep))
+
+    def predict_sizes(self, sizes: np.ndarray) -> float:
+        """ms from the kept size of every dim (what the block search keeps up to date)."""
+        x, act = self._features.of_sizes(sizes)
         return float(self.rest[0] + self.rest[1] * act + np.sum(self._a + self._b * x))
+
+    def cost_fn(self):
+        """``predict`` as a blocks.SizedCost (the fast path of the block search)."""
+        from .blocks import SizedCost
+
+        return SizedCost(self._features.analysis, self.predict_sizes)
 
     @property
     def error(self) -> float | None:
@@ -208,7 +218,10 @@ class _Features:
         return up
 
     def of(self, keep: np.ndarray) -> tuple[np.ndarray, float]:
-        sizes = self.analysis.kept_sizes(keep).astype(np.int64)
+        return self.of_sizes(self.analysis.kept_sizes(keep))
+
+    def of_sizes(self, sizes: np.ndarray) -> tuple[np.ndarray, float]:
+        sizes = np.rint(sizes).astype(np.int64)
         raw = np.append(sizes, 1).astype(np.float64)
         up = np.append(self.padded(sizes), 1).astype(np.float64)
         t = self.terms

@@ -97,7 +97,7 @@ def latency_allocator(speed: SpeedTarget, progress=None):
         rounds, asked, best = [], goal, None
         for _ in range(speed.rounds):
             try:
-                alloc = allocate_blocks(analysis, model.predict, order, loss, Target("latency", 1.0 - 1.0 / asked),
+                alloc = allocate_blocks(analysis, model.cost_fn(), order, loss, Target("latency", 1.0 - 1.0 / asked),
                                         limits, align, base_cost=base_pred, cost_model=cost, cost_kind="latency")
             except TargetError:
                 if not rounds:
