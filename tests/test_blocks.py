@@ -195,3 +195,22 @@ def test_unreachable_block_target_says_how_far_it_gets():
     loss = score_loss(scores, order, group_blocks(analysis, 8, scores), Limits())
     with pytest.raises(TargetError, match=r"cannot remove 90.0% of the MACs: at most \d+\.\d% is reachable"):
         allocate_blocks(analysis, macs_of(cost), order, loss, Target("flops", 0.9), Limits(), 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+                                  "densenet121", "googlenet", "shufflenet_v2_x1_0", "regnet_y_400mf"])
+def test_zoo_flops_targets_are_met_tightly(name, tmp_path_factory):
+    """The torchvision zoo of test_zoo.py at 0.3/0.5/0.7 with the default alignment: within 1.5 points."""
+    from zoo import export
+
+    from onnxprune.latency import detect_alignment
+
+    directory = tmp_path_factory.getbasetemp() / "zoo_blocks"
+    directory.mkdir(exist_ok=True)
+    path = export(name, directory)
+    for fraction in (0.3, 0.5, 0.7):
+        result = compress(path, Settings(target=Target("flops", fraction), limits=Limits(round_to=detect_alignment()),
+                                         round_to_fallback=True, verify=False))
+        assert fraction <= result.summary["flops_reduction"] <= fraction + 0.015, (fraction, result.summary)
+        assert measured_cost(result.model, result.analysis.model.input_shapes) == result.allocation.cost
