@@ -214,3 +214,34 @@ def test_zoo_flops_targets_are_met_tightly(name, tmp_path_factory):
                                          round_to_fallback=True, verify=False))
         assert fraction <= result.summary["flops_reduction"] <= fraction + 0.015, (fraction, result.summary)
         assert measured_cost(result.model, result.analysis.model.input_shapes) == result.allocation.cost
+
+
+def test_uniform_sensitivity_and_global_round_through_the_block_search():
+    """With round_to > 1 each allocation keeps its own continuous solution (uniform ratio,
+    sensitivity threshold, global ranking) and rounds it to aligned blocks by the same search."""
+    from onnxprune.allocate import allocate_uniform
+    from onnxprune.plan import group_key
+    from onnxprune.sensitivity import RATIOS, Sensitivity, allocate_global, allocate_sensitivity
+
+    proto = residual_concat_net()
+    analysis = analyse(load_model(proto))
+    cost = CostModel(analysis)
+    rng = np.random.default_rng(4)
+    scores = {g.id: rng.random(g.size) for g in analysis.prunable_groups}
+    curves = {gid: list(np.cumsum(rng.random(len(RATIOS))) * (1 + gid)) for gid in scores}
+    sens = Sensitivity(analysis.model.fingerprint, list(RATIOS), "kl", "l1", curves,
+                       {gid: group_key(analysis, gid) for gid in scores})
+    limits = Limits(round_to=4)
+    target = Target("flops", 0.4)
+    for name, alloc in [("uniform", allocate_uniform(analysis, cost, scores, target, limits)),
+                        ("sensitivity", allocate_sensitivity(analysis, cost, scores, sens, target, limits)),
+                        ("global", allocate_global(analysis, cost, scores, target, limits))]:
+        assert alloc.strategy == name
+        assert alloc.achieved >= 0.4 and alloc.cost.reduction(alloc.base, "flops") >= 0.4
+        for gid, kept in alloc.kept.items():
+            size = analysis.groups[gid].size
+            assert len(kept) == size or len(kept) % 4 == 0, (name, gid, len(kept), size)
+        if name != "global":
+            assert "rounding" in alloc.details
+    exact = allocate_uniform(analysis, cost, scores, target, Limits(round_to=1))
+    assert exact.strategy == "uniform" and "rounding" not in exact.details  # --round-to 1: exact counts as before

@@ -166,3 +166,11 @@ def test_profile_command_json(capsys, tmp_path, monkeypatch):
     assert Path(data["cache"]).is_file() and data["heldout_error"] is not None
     code, out, err = run_cli(capsys, "profile", path, "--threads", "0")
     assert code == 1 and err.startswith("error: --threads and --batch must be at least 1")
+
+
+def test_latency_ms_above_the_original_is_a_clean_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path / "cache"))
+    path = toy(tmp_path / "t.onnx")
+    code, out, err = run_cli(capsys, "compress", path, "--latency-ms", "100000", "-o", tmp_path / "p.onnx")
+    assert code == 1 and re.fullmatch(r"error: the original already runs in [\d.]+ ms \(<= 100000 ms\): nothing to "
+                                      r"prune for this latency\n", err), err
