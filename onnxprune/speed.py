@@ -8,8 +8,12 @@ than ``tolerance`` the search runs again with the target corrected by the miss
 (``asked * target / measured``), at most ``rounds`` times, and the round closest to the target
 is kept. The summary's ``speed`` entry gives target, predicted and measured speed-up per round.
 
-    allocator = latency_allocator(SpeedTarget(speedup=2.0, deployment=Deployment(threads=1)))
-    result = compress("model.onnx", Settings(target=speed_target_placeholder(2.0)), allocator=allocator)
+    speed = SpeedTarget(speedup=2.0, deployment=Deployment(threads=1))
+    result = compress("model.onnx", Settings(target=placeholder_target(speed)), allocator=latency_allocator(speed))
+
+Kept counts are multiples of at least 4 even with ``--round-to 1``: onnxruntime runs other counts
+in its plain layout with reorders (several times slower), which the latency model, fitted on
+aligned variants, does not predict.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def latency_allocator(speed: SpeedTarget, progress=None):
     def allocate(analysis, cost, scores, limits, sensitivity=None):
         model = profile_model(analysis, dep, speed.cache_dir,
                               progress=(lambda d, t: progress("profile", d, t)) if progress else None)
-        align = limits.round_to
+        align = max(limits.round_to, 4)  # below 4 onnxruntime leaves the blocked layout (module docstring)
         full = analysis.full_keep()
         base_pred = model.predict(full)
         goal = speed.speedup if speed.speedup is not None else model.base_ms / speed.latency_ms
