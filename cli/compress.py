@@ -91,7 +91,7 @@ def compress(model, flops, params, speedup, latency_ms, threads, deploy_batch, o
     from onnxprune.report import build_report, check_writable, format_of, render, write_text_atomic
     from onnxprune.sensitivity import Sensitivity
 
-    target, allocator = resolve_target(flops, params, speedup, latency_ms, device, threads, deploy_batch)
+    target, allocator = resolve_target(flops, params, speedup, latency_ms, device, threads, deploy_batch, allocation)
     # Every output path is checked before the (slow) compression.
     out = output_path(model, output, ".pruned.onnx", force)
     check_writable(out)

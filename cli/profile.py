@@ -33,7 +33,7 @@ def speed_options(fn):
     return fn
 
 
-def resolve_target(flops, params, speedup, latency_ms, device, threads, batch):
+def resolve_target(flops, params, speedup, latency_ms, device, threads, batch, allocation="uniform"):
     """(Target, allocator or None) from the target options; a usage error unless exactly one is given."""
     from onnxprune import Target
     from onnxprune.errors import OnnxPruneError
@@ -55,7 +55,7 @@ def resolve_target(flops, params, speedup, latency_ms, device, threads, batch):
                             deployment=Deployment("cuda" if device == "cuda" else "cpu", threads, batch))
     except OnnxPruneError as exc:
         raise click.UsageError(str(exc)) from None
-    return placeholder_target(speed), latency_allocator(speed)
+    return placeholder_target(speed), latency_allocator(speed, allocation=allocation)
 
 
 def auto_round_to(device: str) -> int:

@@ -72,8 +72,34 @@ def curve_loss(sens, scores, order, blocks, limits: Limits) -> dict[int, np.ndar
     return out
 
 
-def latency_allocator(speed: SpeedTarget, progress=None):
-    """An ``allocator`` for ``pipeline.compress`` that meets a measured speed-up (module docstring)."""
+def uniform_loss(analysis, model, scores, order, blocks, limits: Limits, fraction: float) -> dict[int, np.ndarray]:
+    """ACRA uniform under the latency model: the one ratio (exact counts) whose predicted latency
+    drops by ``fraction``, found by bisection, as the blocks' deviation loss (blocks.deviation_loss)."""
+    from dataclasses import replace
+
+    from .blocks import deviation_loss
+
+    exact = replace(limits, round_to=1)
+    sizes = {gid: len(s) for gid, s in scores.items()}
+    base = model.predict(analysis.full_keep())
+
+    def reduction(r):
+        keep = analysis.keep_vector({g: order[g][: exact.kept(n, r)] for g, n in sizes.items()})
+        return 1.0 - model.predict(keep) / base
+
+    lo, hi = 0.0, limits.max_ratio
+    if reduction(hi) >= fraction:
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if reduction(mid) >= fraction else (mid, hi)
+    removed = {g: float(n - exact.kept(n, hi)) for g, n in sizes.items()}
+    return deviation_loss(sizes, removed, blocks, limits)
+
+
+def latency_allocator(speed: SpeedTarget, progress=None, allocation: str = "uniform"):
+    """An ``allocator`` for ``pipeline.compress`` that meets a measured speed-up (module docstring).
+    ``allocation`` as compress's: uniform (one ratio, rounded to blocks), global (normalised scores
+    as loss), sensitivity (the curves as loss; compress passes them)."""
     from .rewrite import rewrite
 
     dep = speed.deployment
@@ -93,6 +119,7 @@ def latency_allocator(speed: SpeedTarget, progress=None):
             loss = {g: v[np.isfinite(v)] for g, v in loss.items()}
         else:
             loss = score_loss(scores, order, blocks, limits)
+        kind = "sensitivity" if sensitivity is not None else allocation
         if goal <= 1.0:
             raise TargetError(f"the original already runs in {model.base_ms:.3g} ms (<= {speed.latency_ms:g} ms): "
                               "nothing to prune for this latency")
@@ -100,6 +127,8 @@ def latency_allocator(speed: SpeedTarget, progress=None):
         original = analysis.model.proto.SerializeToString()
         rounds, asked, best = [], goal, None
         for _ in range(speed.rounds):
+            if kind == "uniform":
+                loss = uniform_loss(analysis, model, scores, order, blocks, limits, 1.0 - 1.0 / asked)
             try:
                 alloc = allocate_blocks(analysis, model.cost_fn(), order, loss, Target("latency", 1.0 - 1.0 / asked),
                                         limits, align, base_cost=base_pred, cost_model=cost, cost_kind="latency")
@@ -128,7 +157,7 @@ def latency_allocator(speed: SpeedTarget, progress=None):
             "device": dep.device, "threads": dep.threads, "batch": dep.batch,
             "model": {"seconds": model.seconds, "heldout_error": model.error, "base_ms": model.base_ms},
         }
-        alloc.strategy = f"latency ({'sensitivity' if sensitivity is not None else 'scores'})"
+        alloc.strategy = f"{kind} (latency)"
         alloc.target = Target("latency", 1.0 - 1.0 / goal)
         return alloc
 
