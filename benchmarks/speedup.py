@@ -200,10 +200,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "SPEEDUP.md", help="Markdown output (JSON beside it)")
     ap.add_argument("--no-write", action="store_true", help="print the Markdown only")
     ap.add_argument("--from-json", type=Path, help="re-render the Markdown from a JSON this script wrote (no runs)")
+    ap.add_argument("--speedups", help="comma-separated speed-up targets (default: the configuration's)")
+    ap.add_argument("--fractions", help="comma-separated FLOPs targets (default: the configuration's)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else Config()
     if args.models:
         cfg = Config(**{**cfg.__dict__, "models": tuple(args.models.split(","))})
+    if args.speedups:
+        cfg = Config(**{**cfg.__dict__, "speedups": tuple(float(x) for x in args.speedups.split(","))})
+    if args.fractions:
+        cfg = Config(**{**cfg.__dict__, "fractions": tuple(float(x) for x in args.fractions.split(","))})
     render_or_run(args, "speedup.py", lambda: run(cfg, log=lambda s: print(s, file=sys.stderr, flush=True)), markdown)
 
 
