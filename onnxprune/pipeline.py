@@ -189,7 +189,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         if not settings.round_to_fallback or limits.round_to == 1 or allocator is not None:
             raise
         # Kept counts in multiples of N keep onnxruntime's fast kernels but cap small models:
-        # meet the target with exact counts rather than fail (the summary says so).
+        # meet the target with smaller multiples rather than fail (the summary says so).
         # --- issue 16: step the alignment down (16 -> 8 -> 4: onnxruntime keeps multiples of 4 in its
         # blocked layout, padded), exact counts only where even 4 cannot reach the target
         asked, allocation = limits.round_to, None
