@@ -193,6 +193,27 @@ def markdown(results: dict, command: str) -> str:
     return "\n".join(out)
 
 
+def summary_lines(results: dict) -> list[str]:
+    """Bullet lines for docs/BENCHMARKS.md (run_all.py)."""
+    reached = [r for r in results.get("speedup", []) if "error" not in r]
+    within = sum(abs(r["measured"] / r["asked"] - 1) <= 0.05 for r in reached)
+    lines = [f"`--speedup`: {within} of {len(reached)} reachable targets measured within 5% "
+             f"({len(results.get('speedup', [])) - len(reached)} unreachable, reported with the reachable speed-up)."]
+    eff = {}
+    for r in results.get("flops", []):
+        if "error" not in r:
+            eff.setdefault(r["round_to"], []).append(r["efficiency"])
+    if eff:
+        lines.append("`--flops`: measured / MACs-predicted speed-up " + ", ".join(
+            f"{float(np.exp(np.mean(np.log(v)))):.2f} with blocks of {k}" for k, v in sorted(eff.items(), reverse=True)) + ".")
+    prof = results.get("profiles", [])
+    errors = [p["heldout_error"] for p in prof if p["heldout_error"] is not None]
+    if prof:
+        lines.append(f"Latency model: profiled in at most {max(p['seconds'] for p in prof):.0f} s, held-out error at "
+                     f"most {max(errors):.1%}." if errors else "")
+    return [line for line in lines if line]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="bundled + resnet18/mobilenet_v2, 1.5x/2x, FLOPs 0.5")
