@@ -326,15 +326,15 @@ def _repair(st: _State, loss, goal: float, back: int) -> tuple[dict[int, int], f
         st.apply({g: -d for g, d in moves.items()})
 
 
-def _candidates(st: _State, compound: bool, goal: float):
-    """(moves, cost) of every one/two-block move, or of every compound move (``_repair``)."""
+def _candidates(st: _State, loss, compound: bool, goal: float):
+    """(moves, cost or None) of every one/two-block move, or of every compound move (``_repair``)."""
     if not compound:
         for m in _moves(st):
             yield m, None
         return
     for g in st.steps:
         if st.can(g, -1):
-            r = _repair(st, st.loss, goal, g)
+            r = _repair(st, loss, goal, g)
             if r is not None:
                 yield r
 
@@ -345,15 +345,13 @@ def _exchange(st: _State, loss, current: float, goal: float, band: float) -> flo
     loss); then take loss-decreasing moves that stay feasible and do not move further below the
     band. One/two-block moves first; compound moves (add back one block, greedy repair) when
     those find nothing."""
-    st.loss = loss
-
     def dloss(m):
         return sum(loss[g][st.b[g] + d] - loss[g][st.b[g]] for g, d in m.items())
 
     def step(compound: bool, landing: bool):
         best = None
         floor = min(band, current)
-        for m, c in _candidates(st, compound, goal):
+        for m, c in _candidates(st, loss, compound, goal):
             dl = dloss(m)
             if not landing and (dl >= -1e-12 or (best is not None and dl >= best[0][1])):
                 continue
