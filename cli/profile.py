@@ -23,9 +23,9 @@ def speed_options(fn):
                      help="Prune until the model runs X times faster on this machine's onnxruntime (measured, "
                           "--device/--threads/--batch), instead of --flops/--params."),
         click.option("--latency-ms", type=float, metavar="T", help="Prune until one run takes T ms (as --speedup)."),
-        click.option("--threads", type=int, default=1, show_default=True,
+        click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
                      help="onnxruntime intra-op threads of the deployment (--speedup, --latency-ms)."),
-        click.option("--batch", "deploy_batch", type=int, default=1, show_default=True,
+        click.option("--batch", "deploy_batch", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Batch of the deployment (--speedup, --latency-ms)."),
     ]
     for option in reversed(options):
@@ -86,8 +86,8 @@ def speed_lines(s: dict) -> list[str]:
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="onnxruntime execution provider of the deployment.")
-@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Batch of the deployment.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch of the deployment.")
 @click.option("--refresh", is_flag=True, help="Profile again even if a cached model exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the latency model as JSON.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D0,D1,...",
