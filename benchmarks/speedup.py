@@ -52,7 +52,7 @@ QUICK = Config(models=("resnet20", "vgg11", "resnet18", "mobilenet_v2"), speedup
 
 def wall_speedup(original: bytes, pruned: bytes, feeds: dict, threads: int, budget_s: float, seed: int = 0) -> dict:
     """Median wall time of interleaved runs (each round runs both, shuffled) and their ratio."""
-    from onnxprune.latency import Deployment, session
+    from onnxprune.runtime.latency import Deployment, session
 
     dep = Deployment(threads=threads)
     sessions = [session(original, dep), session(pruned, dep)]
@@ -76,10 +76,10 @@ def wall_speedup(original: bytes, pruned: bytes, feeds: dict, threads: int, budg
 
 def run(cfg: Config, log=print) -> dict:
     from onnxprune import Limits, Settings, Target, compress
+    from onnxprune.allocate.speed import SpeedTarget, latency_allocator, placeholder_target
     from onnxprune.errors import TargetError
-    from onnxprune.latency import Deployment, detect_alignment, feeds_for, profile_model
     from onnxprune.pipeline import prepare
-    from onnxprune.speed import SpeedTarget, latency_allocator, placeholder_target
+    from onnxprune.runtime.latency import Deployment, detect_alignment, feeds_for, profile_model
 
     align = detect_alignment()
     cache = Path(tempfile.mkdtemp(prefix="speedup-bench-"))

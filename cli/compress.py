@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from onnxprune.scoring.registry import ALL_CRITERIA
+
 from .common import Progress, data_options, input_shape_option, output_path, parse_input_shapes, side_output
 from .finetune import EpochPrinter, tune_options, tune_settings
 from .profile import auto_round_to, resolve_target, speed_lines, speed_options  # --- issue 16
@@ -33,7 +35,7 @@ def _positive_int(text: str) -> int:
         raise click.BadParameter(f"expected a whole number or 'auto', got {text!r}", param_hint="--round-to") from None
 
 
-CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]
+CRITERIA = list(ALL_CRITERIA)
 
 
 @click.command(epilog=EXAMPLES_COMPRESS)
@@ -87,9 +89,9 @@ def compress(model, flops, params, speedup, latency_ms, threads, deploy_batch, o
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.graph import write_bytes_atomic
-    from onnxprune.report import build_report, check_writable, format_of, render, write_text_atomic
-    from onnxprune.sensitivity import Sensitivity
+    from onnxprune.allocate.sensitivity import Sensitivity
+    from onnxprune.model.files import check_writable, write_bytes_atomic, write_text_atomic
+    from onnxprune.report import build_report, format_of, render
 
     target, allocator = resolve_target(flops, params, speedup, latency_ms, device, threads, deploy_batch, allocation)
     # Every output path is checked before the (slow) compression.
@@ -106,7 +108,7 @@ def compress(model, flops, params, speedup, latency_ms, threads, deploy_batch, o
         except OnnxPruneError as exc:
             raise click.BadParameter(f"{exc}", param_hint="--report") from exc
         if report_fmt == "html":
-            from onnxprune.report_html import require_matplotlib
+            from onnxprune.report.html import require_matplotlib
 
             require_matplotlib()
     sens = None
@@ -120,7 +122,7 @@ def compress(model, flops, params, speedup, latency_ms, threads, deploy_batch, o
         limits=Limits(max_ratio, min_channels, auto_round_to(device) if round_to == "auto" else _positive_int(round_to)),
         round_to_fallback=round_to == "auto",
         reconstruct=reconstruct, seed=seed, calib_batches=calib_batches, batch_size=batch_size,
-        eval_images=eval_images, providers=_providers(device), rank_early_stop=rank_early_stop,
+        eval_images=eval_images, providers=providers_for(device), rank_early_stop=rank_early_stop,
         sensitivity_metric=sensitivity_metric,
     )
     with Progress(quiet or as_json) as progress:
@@ -128,7 +130,7 @@ def compress(model, flops, params, speedup, latency_ms, threads, deploy_batch, o
                               sensitivity=sens, progress=progress, allocator=allocator)
     summary = {**result.summary, "output": str(out), "plan": str(plan_out)}
     if finetune_data:
-        from onnxprune.graph import read_model
+        from onnxprune.model.files import read_model
         from onnxprune.tune import finetune_model
 
         settings_t = tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed,
@@ -151,7 +153,7 @@ def compress(model, flops, params, speedup, latency_ms, threads, deploy_batch, o
         click.echo(format_summary(summary))
 
 
-def _providers(device: str):
+def providers_for(device: str):
     if device == "cpu":
         return ("CPUExecutionProvider",)
     if device == "cuda":

@@ -47,8 +47,8 @@ def resolve_target(flops, params, speedup, latency_ms, device, threads, batch, a
         return Target("flops", flops), None
     if params is not None:
         return Target("params", params), None
-    from onnxprune.latency import Deployment
-    from onnxprune.speed import SpeedTarget, latency_allocator, placeholder_target
+    from onnxprune.allocate.speed import SpeedTarget, latency_allocator, placeholder_target
+    from onnxprune.runtime.latency import Deployment
 
     try:
         speed = SpeedTarget(speedup=speedup, latency_ms=latency_ms,
@@ -60,7 +60,7 @@ def resolve_target(flops, params, speedup, latency_ms, device, threads, batch, a
 
 def auto_round_to(device: str) -> int:
     """--round-to auto: the detected alignment of the runtime (onnxruntime's NCHWc block on CPU)."""
-    from onnxprune.latency import detect_alignment
+    from onnxprune.runtime.latency import detect_alignment
 
     return detect_alignment("cuda" if device == "cuda" else "cpu")
 
@@ -97,8 +97,8 @@ def profile(model, device, threads, batch, refresh, as_json, input_shapes):
     `compress --speedup` uses (cached by model, provider, threads, batch and CPU)."""
     import time
 
-    from onnxprune.latency import Deployment, cache_key, cache_path, default_cache_dir, profile_model
     from onnxprune.pipeline import prepare
+    from onnxprune.runtime.latency import Deployment, cache_key, cache_path, default_cache_dir, profile_model
 
     from .common import parse_input_shapes
 

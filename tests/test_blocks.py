@@ -1,4 +1,4 @@
-"""The block allocator (onnxprune/blocks.py): against brute force on small graphs, alignment on
+"""The block allocator (onnxprune/allocate/blocks.py): against brute force on small graphs, alignment on
 concat inputs and grouped convolutions, and exact FLOPs targets on the bundled models."""
 
 import itertools
@@ -10,9 +10,9 @@ import pytest
 
 from graphs import G
 from onnxprune import Limits, Settings, Target, analyse, compress, load_model, measured_cost
-from onnxprune.allocate import ranked
-from onnxprune.blocks import (TOLERANCE, allocate_blocks, group_block, group_blocks, kept_steps, macs_of,
-                              score_loss)
+from onnxprune.allocate.blocks import (TOLERANCE, allocate_blocks, group_block, group_blocks, kept_steps, macs_of,
+                                       score_loss)
+from onnxprune.allocate.search import ranked
 from onnxprune.cost import CostModel
 from onnxprune.errors import TargetError
 from onnxprune.rewrite import rewrite
@@ -177,7 +177,7 @@ def test_group_block_divides_by_repeated_channels():
 def test_bundled_flops_targets_are_met_tightly(name, fraction):
     """Default alignment (the probed NCHWc block, stepping down only where it cannot reach):
     the achieved reduction lies in [target, target + 0.015] (it was 0.606/0.610 at 0.5 before)."""
-    from onnxprune.latency import detect_alignment
+    from onnxprune.runtime.latency import detect_alignment
 
     result = compress(ROOT / "models" / f"{name}.onnx",
                       Settings(target=Target("flops", fraction), limits=Limits(round_to=detect_alignment()),
@@ -204,7 +204,7 @@ def test_zoo_flops_targets_are_met_tightly(name, tmp_path_factory):
     """The torchvision zoo of test_zoo.py at 0.3/0.5/0.7 with the default alignment: within 1.5 points."""
     from zoo import export
 
-    from onnxprune.latency import detect_alignment
+    from onnxprune.runtime.latency import detect_alignment
 
     directory = tmp_path_factory.getbasetemp() / "zoo_blocks"
     directory.mkdir(exist_ok=True)
@@ -219,9 +219,10 @@ def test_zoo_flops_targets_are_met_tightly(name, tmp_path_factory):
 def test_uniform_sensitivity_and_global_round_through_the_block_search():
     """With round_to > 1 each allocation keeps its own continuous solution (uniform ratio,
     sensitivity threshold, global ranking) and rounds it to aligned blocks by the same search."""
-    from onnxprune.allocate import allocate_uniform
+    from onnxprune.allocate.from_scores import allocate_global, allocate_sensitivity
+    from onnxprune.allocate.sensitivity import RATIOS, Sensitivity
+    from onnxprune.allocate.uniform import allocate_uniform
     from onnxprune.plan import group_key
-    from onnxprune.sensitivity import RATIOS, Sensitivity, allocate_global, allocate_sensitivity
 
     proto = residual_concat_net()
     analysis = analyse(load_model(proto))

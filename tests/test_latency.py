@@ -1,4 +1,4 @@
-"""The latency model (onnxprune/latency.py), the speed-up target (onnxprune/speed.py) and their
+"""The latency model (onnxprune/runtime/latency.py), the speed-up target (onnxprune/allocate/speed.py) and their
 command line. No assertion here depends on how fast this machine is (speed goals live in
 benchmarks/latency.py): the checks are on mapping, fitting, padding, caching and messages."""
 
@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import pytest
 
-from cli.main import main
+from onnxprune.cli.main import main
 from graphs import G
 from onnxprune import analyse, load_model
-from onnxprune.blocks import group_block
-from onnxprune.latency import (Deployment, _fit_line, cache_key, cache_path, detect_alignment, profile_model,
-                               variant_keep)
+from onnxprune.allocate.blocks import group_block
+from onnxprune.runtime.latency import (Deployment, cache_key, cache_path, detect_alignment, fit_line, profile_model,
+                                       variant_keep)
 
 
 def toy(path=None):
@@ -55,9 +55,9 @@ def test_alignment_probe_reads_the_nchwc_block():
 
 def test_fit_line_recovers_a_line_and_stays_non_negative():
     x = np.array([1e6, 2e6, 4e6, 8e6])
-    np.testing.assert_allclose(_fit_line(x, 0.1 + 2e-7 * x), [0.1, 2e-7], rtol=1e-9, atol=1e-12)
-    assert _fit_line(np.full(3, 5.0), np.array([1.0, 2.0, 3.0])) == [2.0, 0.0]  # x constant: mean
-    a, b = _fit_line(x, 1.0 - 1e-8 * x)  # decreasing data: b clipped at 0
+    np.testing.assert_allclose(fit_line(x, 0.1 + 2e-7 * x), [0.1, 2e-7], rtol=1e-9, atol=1e-12)
+    assert fit_line(np.full(3, 5.0), np.array([1.0, 2.0, 3.0])) == [2.0, 0.0]  # x constant: mean
+    a, b = fit_line(x, 1.0 - 1e-8 * x)  # decreasing data: b clipped at 0
     assert b == 0.0 and a > 0
 
 
@@ -111,7 +111,7 @@ def test_cache_is_reused_only_for_the_same_deployment(fitted, monkeypatch):
     def refuse(*args, **kwargs):
         raise Profiled
 
-    monkeypatch.setattr("onnxprune.latency.profile_variants", refuse)
+    monkeypatch.setattr("onnxprune.runtime.latency.profile_variants", refuse)
     again = profile_model(analysis, Deployment(threads=1), cache_dir=cache)
     assert again.nodes == model.nodes and again.seconds == model.seconds
     for dep in (Deployment(threads=2), Deployment(batch=2), Deployment(device="cuda")):
