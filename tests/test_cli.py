@@ -75,7 +75,7 @@ def test_round_to_auto_is_the_probed_alignment_and_steps_down(capsys, model, tmp
     AVX2, 16 with AVX-512) where the target allows it; where it cannot reach it (this small
     model at 50%), smaller multiples down to 4, then exact counts, said in the summary; an
     explicit N never falls back."""
-    from onnxprune.latency import detect_alignment
+    from onnxprune.runtime.latency import detect_alignment
 
     align = detect_alignment()
     root = Path(__file__).resolve().parents[1]
