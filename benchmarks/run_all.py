@@ -403,6 +403,14 @@ BENCHES = [
           "session, masked whole graph, masked changed part only).",
           "RESNET50_COST.md",
           summary=sum_resnet50_cost),
+    # real-model accuracy (issue 17): third-party models from PyPI wheels, rendered data; resumable log
+    Bench("real_accuracy", "Accuracy on real third-party models",
+          "OCR and document models shipped in PyPI wheels (nobody here trained them) and the bundled models, "
+          "pruned at 30/50% MACs by each method variant through the compress CLI, on labelled data the script "
+          "renders; no fine-tuning, unlabelled calibration samples.",
+          "REAL_ACCURACY.md",
+          summary=lambda rec, d, s: __import__("real_accuracy").summary_lines(_read_json(d / "REAL_ACCURACY.json")),
+          resumable=True),
     Bench("coverage", "Architecture coverage",
           "Dependency analysis and compress at 30% FLOPs over a corpus of exported CNNs (torchvision, "
           "segmentation, timm, wheels).",
