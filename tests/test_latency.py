@@ -91,11 +91,10 @@ def test_prediction_pads_channel_counts_to_the_block(fitted):
     full = analysis.full_keep()
     padded_up = analysis.keep_vector({g.id: np.arange(64 - align + 4)})  # 4 short of the full count
     one_block_less = analysis.keep_vector({g.id: np.arange(64 - align)})
-    features = model._features
     # the weighted nodes' padded MACs are those of the full count (only the activation term moves)
-    np.testing.assert_array_equal(features.of(padded_up)[0], features.of(full)[0])
+    np.testing.assert_array_equal(model.padded_macs(padded_up), model.padded_macs(full))
     assert model.predict(padded_up) <= model.predict(full)
-    assert features.of(one_block_less)[0].sum() < features.of(full)[0].sum()
+    assert model.padded_macs(one_block_less).sum() < model.padded_macs(full).sum()
     assert model.predict(one_block_less) < model.predict(padded_up)
     assert group_block(analysis, g.id, align) == align
 

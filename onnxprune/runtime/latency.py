@@ -151,6 +151,11 @@ class LatencyModel:
         x, act = self._features.of_sizes(sizes)
         return float(self.rest[0] + self.rest[1] * act + np.sum(self._a + self._b * x))
 
+    def padded_macs(self, keep: np.ndarray) -> np.ndarray:
+        """Each weighted node's MACs with its kept channel counts padded to the alignment (the
+        fits' ``x``): equal for counts that pad to the same block."""
+        return self._features.of(keep)[0]
+
     @property
     def error(self) -> float | None:
         """Largest relative error on the held-out variants."""
