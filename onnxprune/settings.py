@@ -23,13 +23,14 @@ ALLOCATIONS = ("uniform", "sensitivity", "global")
 
 @dataclass(frozen=True)
 class Target:
-    """Remove ``fraction`` of the model's ``kind`` ("flops" = MACs, or "params")."""
+    """Remove ``fraction`` of the model's ``kind`` ("flops" = MACs, or "params"; "latency": the
+    latency model's prediction, set by allocate.speed.latency_allocator)."""
 
     kind: str
     fraction: float
 
     def __post_init__(self):
-        if self.kind not in ("flops", "params"):
+        if self.kind not in ("flops", "params", "latency"):
             raise TargetError(f"unknown target kind {self.kind!r}: use flops or params")
         if not 0.0 < self.fraction < 1.0:
             raise TargetError(
