@@ -132,8 +132,9 @@ def prepare(name, n_calib, n_eval, work: Path):
         calib, x, y, desc = spec.data(n_calib, n_eval)
     cpath = work / f"{name}-calib{n_calib}.npz"
     if not cpath.exists():
-        np.savez(cpath.with_suffix(".part.npz"), **{iname: calib.astype(np.float32)})
-        cpath.with_suffix(".part.npz").replace(cpath)
+        part = cpath.with_suffix(f".{os.getpid()}.part.npz")
+        np.savez(part, **{iname: calib.astype(np.float32)})
+        part.replace(cpath)
     return path, cpath, x, y, desc
 
 
@@ -322,7 +323,8 @@ def main(argv=None) -> int:
         if bad:
             print(f"error: unknown {kind} {', '.join(bad)} (known: {', '.join(known)})", file=sys.stderr)
             return 2
-    work = cache_dir() / "runs"
+    # pruned models per checkout: benchmarks of several worktrees may share the cache at once
+    work = cache_dir() / "runs" / realmodels.hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
     work.mkdir(parents=True, exist_ok=True)
     import onnxruntime
     import platform
