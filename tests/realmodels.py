@@ -469,7 +469,7 @@ def file_digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-if __name__ == "__main__":  # python benchmarks/realmodels.py [NAMES]: original accuracy on rendered data
+if __name__ == "__main__":  # python tests/realmodels.py [NAMES]: original accuracy on rendered data
     import time
 
     for name in sys.argv[1:] or list(ZOO):
