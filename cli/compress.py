@@ -7,9 +7,12 @@ from pathlib import Path
 
 import click
 
+from onnxprune.scoring.registry import ALL_CRITERIA
+
 from .common import Progress, data_options, input_shape_option, output_path, parse_input_shapes, side_output
 from .finetune import EpochPrinter, tune_options, tune_settings
-from .recover import RECOVER_SKIPPED, format_recovery, recover_options, recover_settings
+from .profile import auto_round_to, resolve_target, speed_lines, speed_options  # --- issue 16
+from .recover import RECOVER_SKIPPED, format_recovery, recover_options, recover_settings  # issue 18
 
 EXAMPLES_COMPRESS = """
 \b
@@ -20,9 +23,10 @@ Examples:
   onnxprune compress model.onnx --params 0.5 --round-to 16 -o small.onnx --json
   onnxprune compress model.onnx --flops 0.3 --input-shape input:1,3,320,320
   onnxprune compress model.onnx --flops 0.5 --data calib.npz --report model.report.html
+  onnxprune compress model.onnx --speedup 2 --threads 2           # measured on this machine
 """
 
-AUTO_ROUND_TO = 8  # --round-to auto: onnxruntime's NCHWc block on AVX2 (docs/LATENCY.md)
+AUTO_ROUND_TO = 8  # onnxruntime's NCHWc block on AVX2; --round-to auto now probes it (cli/profile.py)
 
 
 def _positive_int(text: str) -> int:
@@ -32,22 +36,24 @@ def _positive_int(text: str) -> int:
         raise click.BadParameter(f"expected a whole number or 'auto', got {text!r}", param_hint="--round-to") from None
 
 
-CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]
+CRITERIA = list(ALL_CRITERIA)
 
 
 @click.command(epilog=EXAMPLES_COMPRESS)
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("--flops", type=float, help="Fraction of MACs to remove, e.g. 0.3.")
 @click.option("--params", type=float, help="Fraction of parameters to remove (instead of --flops).")
+@speed_options
 @click.option("-o", "--output", type=click.Path(), help="Pruned model path [default: MODEL.pruned.onnx].")
 @click.option("--plan", "plan_path", type=click.Path(), help="Plan JSON path [default: OUTPUT with .plan.json].")
 @click.option("--criterion", type=click.Choice(CRITERIA),
-              help="Channel score [default: hrank with --data, else l1]. hrank/apoz/mean_activation/recon need --data.")
+              help="Channel score [default: hrank with --data, else l1]. hrank/apoz/mean_activation/recon/obs need --data; obs: structured Optimal Brain Surgeon (channels chosen by what the refit recovers); group_magnitude: all weights of the channel group (Torch-Pruning's default).")
 @click.option("--allocation", type=click.Choice(["uniform", "sensitivity", "global"]), default="uniform", show_default=True,
               help="uniform: one ratio for all groups (ACRA binary search); sensitivity: per-group damage curves "
                    "and a shared threshold (ACRA); global: channels ranked across groups.")
-@click.option("--reconstruct", type=click.Choice(["none", "local", "ldrf"]),
-              help="Compensate removed channels in the next layers [default: ldrf with --data, else none].")
+@click.option("--reconstruct", type=click.Choice(["none", "local", "ldrf", "obs"]),
+              help="Compensate removed channels in the next layers [default: obs with --criterion obs, ldrf with "
+                   "--data, else none]; obs: fold the Optimal Brain Surgeon refit (with --criterion obs).")
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(), help="Reuse a saved `onnxprune sensitivity` JSON.")
 @click.option("--sensitivity-metric", type=click.Choice(["accuracy_drop", "kl", "disagreement", "error"]),
               help="Damage measure of --allocation sensitivity [default: accuracy_drop with labels, else kl "
@@ -58,8 +64,10 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
               help="Kept channel counts are multiples of N where a group has at least N channels. onnxruntime's CPU "
                    "convolutions leave their fast blocked (NCHWc) kernels for other counts: with 1, pruned models "
                    "ran at 0.46-0.50x of the FLOPs-predicted speed-up (some slower than the original), with 8 at "
-                   "0.73-0.76x, with 16 at 0.91-0.99x (docs/LATENCY.md, AVX-512 CPU). auto: 8, or exact counts (1) where 8 cannot reach "
-                   "the target (small models; the summary says so). 16 suits AVX-512 servers.")
+                   "0.73-0.76x, with 16 at 0.91-0.99x (docs/LATENCY.md, AVX-512 CPU). auto: the block onnxruntime pads to on this "
+                   "machine (probed: 16 with AVX-512, 8 with AVX2; 8 for cuda), stepping down to 8/4, then exact counts, "
+                   "where it cannot reach the target (the summary says so). Counts are chosen by an exact search "
+                   "over aligned blocks, so targets are met within about a point.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
 @click.option("--rank-early-stop", type=float, metavar="TOL",
               help="HRank: stop ranking a layer once no channel's mean rank moved by TOL over the last 32 images "
@@ -76,7 +84,7 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, nothing printed on success.")
-def compress(model, flops, params, output, plan_path, criterion, allocation, reconstruct, sensitivity_path,
+def compress(model, flops, params, speedup, latency_ms, threads, deploy_batch, output, plan_path, criterion, allocation, reconstruct, sensitivity_path,
              sensitivity_metric, max_ratio,
              min_channels, round_to, seed, rank_early_stop, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
              finetune_data, epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels,
@@ -84,13 +92,11 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.graph import write_bytes_atomic
-    from onnxprune.report import build_report, check_writable, format_of, render, write_text_atomic
-    from onnxprune.sensitivity import Sensitivity
+    from onnxprune.allocate.sensitivity import Sensitivity
+    from onnxprune.model.files import check_writable, write_bytes_atomic, write_text_atomic
+    from onnxprune.report import build_report, format_of, render
 
-    if (flops is None) == (params is None):
-        raise click.UsageError("give exactly one of --flops or --params")
-    target = Target("flops", flops) if flops is not None else Target("params", params)
+    target, allocator = resolve_target(flops, params, speedup, latency_ms, device, threads, deploy_batch, allocation)
     # Every output path is checked before the (slow) compression.
     out = output_path(model, output, ".pruned.onnx", force)
     check_writable(out)
@@ -105,7 +111,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         except OnnxPruneError as exc:
             raise click.BadParameter(f"{exc}", param_hint="--report") from exc
         if report_fmt == "html":
-            from onnxprune.report_html import require_matplotlib
+            from onnxprune.report.html import require_matplotlib
 
             require_matplotlib()
     sens = None
@@ -116,21 +122,21 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
             raise OnnxPruneError(f"{sensitivity_path}: cannot read ({exc.strerror})") from exc
     settings = Settings(
         target=target, criterion=criterion, allocation=allocation,
-        limits=Limits(max_ratio, min_channels, AUTO_ROUND_TO if round_to == "auto" else _positive_int(round_to)),
+        limits=Limits(max_ratio, min_channels, auto_round_to(device) if round_to == "auto" else _positive_int(round_to)),
         round_to_fallback=round_to == "auto",
         reconstruct=reconstruct, seed=seed, calib_batches=calib_batches, batch_size=batch_size,
-        eval_images=eval_images, providers=_providers(device), rank_early_stop=rank_early_stop,
+        eval_images=eval_images, providers=providers_for(device), rank_early_stop=rank_early_stop,
         sensitivity_metric=sensitivity_metric,
         recover=recover_settings(recover, recover_time, recover_mode, data, seed, device),
     )
     with Progress(quiet or as_json) as progress:
         result = run_compress(model, settings, parse_input_shapes(input_shapes), data=data, eval_data=eval_data,
-                              sensitivity=sens, progress=progress)
+                              sensitivity=sens, progress=progress, allocator=allocator)
     summary = {**result.summary, "output": str(out), "plan": str(plan_out)}
     if recover is None and data and settings.recover is None:  # default recovery without torch: say so
         summary["notes"] = summary.get("notes", []) + [RECOVER_SKIPPED]
     if finetune_data:
-        from onnxprune.graph import read_model
+        from onnxprune.model.files import read_model
         from onnxprune.tune import finetune_model
 
         settings_t = tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed,
@@ -153,7 +159,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         click.echo(format_summary(summary))
 
 
-def _providers(device: str):
+def providers_for(device: str):
     if device == "cpu":
         return ("CPUExecutionProvider",)
     if device == "cuda":
@@ -173,6 +179,7 @@ def format_summary(s: dict) -> str:
         f"{s['channels']['removed']} of {s['channels']['prunable']} channels removed"
         + (f"; kept counts multiples of {s['round_to']}" if s.get("round_to", 1) > 1 else ""),
     ]
+    lines += speed_lines(s)
     lines += [f"note     {n}" for n in s.get("notes", [])]
     if "calibration" in s:
         c = s["calibration"]

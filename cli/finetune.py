@@ -34,7 +34,7 @@ def tune_options(fn):
 
 
 def tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed, device):
-    from onnxprune.tune import TuneSettings
+    from onnxprune.settings import TuneSettings
 
     return TuneSettings(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=tune_batch_size, temperature=temperature,
                         alpha=alpha, augment=augment, seed=seed, device=device, use_labels=not no_labels)
@@ -71,7 +71,7 @@ class EpochPrinter:
 def finetune(model, data, teacher, eval_data, output, epochs, lr, optimizer, tune_batch_size, temperature, alpha,
              augment, no_labels, seed, device, force, as_json, quiet):
     """Fine-tune MODEL with labels and/or distillation from --teacher; write the weights back to ONNX."""
-    from onnxprune.graph import read_model, save_model
+    from onnxprune.model.files import read_model, save_model
     from onnxprune.tune import finetune_model
 
     out = output_path(model, output, ".tuned.onnx", force)

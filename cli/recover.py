@@ -26,7 +26,8 @@ def recover_options(fn):
 def recover_settings(recover, recover_time, recover_mode, data, seed, device):
     """RecoverSettings, or None when recovery does not run (off, no data, or torch missing by default)."""
     from onnxprune.errors import require_torch
-    from onnxprune.recovery import RecoverSettings, torch_available
+    from onnxprune.recovery import torch_available
+    from onnxprune.settings import RecoverSettings
 
     if recover and not data:
         raise click.UsageError("--recover distils on calibration samples: give --data")

@@ -8,50 +8,32 @@ rewrite, verify. The CLI calls these; they return data and never print.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import onnx
 
-from .allocate import Allocation, Limits, Target, allocate_uniform, main_blockers
+from .allocate.from_scores import allocate_global, allocate_sensitivity
+from .allocate.search import Allocation, main_blockers
+from .allocate.uniform import allocate_uniform
 from .analysis import Analysis, analyse
 from .cost import Cost, CostModel
-from .criteria import CRITERIA, score_groups
+from .scoring.weights import score_groups
 from .errors import OnnxPruneError, PlanError, TargetError
-from .graph import Model, load_model, read_model
+from .model.graph import Model, load_model
+from .model.files import read_model
 from .plan import Plan, make_plan, plan_keep
-from .reconstruct import Compensator, reconstruct
-from .recovery import RecoverSettings  # issue 18: label-free recovery
+from .recovery import plan_record, recover_stage, replay_recovery, replays_recovery, summary_of  # issue 18
+from .reconstruct.compensator import Compensator
+from .reconstruct.ldrf import reconstruct
 from .rewrite import rewrite, verify
-from .scoring import DATA_CRITERIA, collect, data_scores, observations
-from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity
+from .scoring.activations import collect, data_scores, observations
+from .scoring.registry import needs_data
+from .settings import EvaluationSettings, Limits, Settings
+from .allocate.sensitivity import MaskedEvaluator, Sensitivity, measure_sensitivity
 
 
-RECONSTRUCT_MODES = ("none", "local", "ldrf")
-ALLOCATIONS = ("uniform", "sensitivity", "global")
 RANK_PATIENCE = 32  # images over which HRank's early stop watches the mean ranks
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What ``compress`` does. ``None`` picks the default: criterion ``hrank`` with data, ``l1``
-    without; reconstruction ``ldrf`` with data, ``none`` without."""
-
-    target: Target
-    criterion: str | None = None
-    allocation: str = "uniform"
-    limits: Limits = field(default_factory=Limits)
-    reconstruct: str | None = None
-    seed: int = 0
-    verify: bool = True
-    calib_batches: int | None = None
-    batch_size: int | None = None
-    eval_images: int = 512  # sensitivity evaluation images (first N of the evaluation data)
-    rank_early_stop: float | None = None  # HRank early stop tolerance (rank units, patience 32 images)
-    round_to_fallback: bool = False  # retry with round_to 1 where limits.round_to makes the target unreachable
-    sensitivity_metric: str | None = None  # None: accuracy_drop with labels, else kl (classifiers) or error
-    providers: tuple | None = None
-    recover: RecoverSettings | None = None  # distil from the original after reconstruction (needs torch)
 
 
 @dataclass
@@ -78,7 +60,7 @@ class Timer:
         self._t = now
 
 
-class _Batches:
+class Batches:
     """A re-iterable view of a Dataset at one batch size (reconstruction streams it per wave)."""
 
     def __init__(self, dataset, batch_size=None, max_batches=None):
@@ -101,7 +83,7 @@ def recon_batch_size(analysis: Analysis, requested: int | None = None) -> int:
     ``apply`` streams the same batches as ``compress`` and reproduces the fitted weights."""
     if requested:
         return requested
-    from .reconstruct import find_consumers
+    from .reconstruct.consumers import find_consumers
 
     tensors = analysis.model.tensors
     per_image = sum(4 * int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in tensors[n].shape or []]))
@@ -135,12 +117,13 @@ def load_inputs(source, input_shapes=None, data=None, eval_data=None, limit=None
 
 
 def compress(source, settings: Settings, input_shapes=None, data=None, eval_data=None,
-             sensitivity: Sensitivity | None = None, progress=None) -> Result:
+             sensitivity: Sensitivity | None = None, progress=None, allocator=None) -> Result:
     """Prune ``source`` (path, ModelProto or Model) to the settings' target.
 
     ``data`` (calibration) and ``eval_data`` (sensitivity; labels give accuracy drop) are
     anything ``onnxprune.data.load_data`` reads. ``progress(stage, done, total)`` reports long
-    stages.
+    stages. ``allocator(analysis, cost, scores, limits, sensitivity) -> Allocation`` replaces the
+    built-in allocations (``allocate.speed.latency_allocator``: a measured speed-up target).
     """
     timer = Timer()
     model, dataset, evalset = load_inputs(source, input_shapes, data, eval_data)
@@ -149,12 +132,23 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     if not analysis.prunable_groups:
         raise TargetError(f"no prunable channel group in the model: {_first_blocker(analysis)}")
     criterion = settings.criterion or ("hrank" if dataset is not None else "l1")
-    mode = settings.reconstruct or ("ldrf" if dataset is not None else "none")
+    mode = settings.reconstruct or ("obs" if criterion == "obs" else "ldrf" if dataset is not None else "none")  # obs: issue 17
     _check_settings(settings, criterion, mode, dataset, evalset)
     stage = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
 
     calibration = None
-    if criterion in DATA_CRITERIA:
+    # --- issue 17: OBS selection (profiles from the dense network; groups re-chosen after allocation) ---
+    obs_batches = Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches) \
+        if criterion == "obs" else None
+    if criterion == "obs" and settings.allocation == "uniform":
+        # uniform counts do not depend on the scores, and obs_select re-chooses every group
+        obs_order, scores = None, score_groups(analysis, "group_magnitude", seed=settings.seed)
+        timer.lap("scoring")
+    elif criterion == "obs":
+        obs_order, scores = _obs_scores(analysis, obs_batches, settings.seed)
+        timer.lap("obs profiles")
+    # --- end issue 17 ---
+    elif needs_data(criterion):
         calibration = collect(analysis, dataset, [criterion], providers=settings.providers, progress=stage("calibration"),
                               max_batches=settings.calib_batches, batch_size=settings.batch_size,
                               rank_patience=RANK_PATIENCE if settings.rank_early_stop is not None else None,
@@ -167,7 +161,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
 
     if settings.allocation == "sensitivity":
         if sensitivity is None:
-            evaluator = _evaluator(analysis, evalset or dataset, settings, dataset if mode != "none" else None)
+            evaluator = masked_evaluator(analysis, evalset or dataset, settings.evaluation, dataset if mode != "none" else None)
             sensitivity = measure_sensitivity(analysis, evaluator, scores, criterion, metric=settings.sensitivity_metric,
                                               progress=stage("sensitivity"))
             timer.lap("sensitivity")
@@ -175,6 +169,8 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
             sensitivity.check(analysis)
 
     def allocate(limits: Limits) -> Allocation:
+        if allocator is not None:  # --- issue 16: latency targets
+            return allocator(analysis, cost, scores, limits, sensitivity)
         if settings.allocation == "sensitivity":
             return allocate_sensitivity(analysis, cost, scores, sensitivity, settings.target, limits)
         if settings.allocation == "global":
@@ -185,28 +181,53 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     try:
         allocation = allocate(limits)
     except TargetError:
-        if not settings.round_to_fallback or limits.round_to == 1:
+        if not settings.round_to_fallback or limits.round_to == 1 or allocator is not None:
             raise
         # Kept counts in multiples of N keep onnxruntime's fast kernels but cap small models:
-        # meet the target with exact counts rather than fail (the summary says so).
-        round_to_note = (f"--round-to {limits.round_to} cannot reach the target on this model: kept channel counts "
-                         "are exact (round_to 1), which may run slower than rounded ones (docs/LATENCY.md)")
-        limits = replace(limits, round_to=1)
-        allocation = allocate(limits)
+        # meet the target with smaller multiples rather than fail (the summary says so).
+        # --- issue 16: step the alignment down (16 -> 8 -> 4: onnxruntime keeps multiples of 4 in its
+        # blocked layout, padded), exact counts only where even 4 cannot reach the target
+        asked, allocation = limits.round_to, None
+        for step in [a for a in (asked // 2, asked // 4) if a >= 4 and asked % a == 0] + [1]:
+            limits = replace(limits, round_to=step)
+            try:
+                allocation = allocate(limits)
+                break
+            except TargetError:
+                if step == 1:
+                    raise
+        round_to_note = (f"--round-to {asked} cannot reach the target on this model: kept channel counts are multiples "
+                         f"of {limits.round_to}" + (" (exact), which may run slower than rounded ones (docs/LATENCY.md)"
+                                                     if limits.round_to == 1 else ", padded by onnxruntime to its block"))
     timer.lap("allocation")
+    selection = None  # --- issue 17: the allocated counts, channels chosen on the network pruned so far ---
+    if criterion == "obs":
+        from .scoring.obs import ObsSettings
+        from .scoring.obs_select import obs_select
+
+        selection = obs_select(analysis, {g: len(k) for g, k in allocation.kept.items()}, obs_batches,
+                               ObsSettings(seed=settings.seed), fallback=obs_order)
+        keep = analysis.keep_vector(selection.kept)
+        allocation = replace(allocation, kept={g: selection.kept.get(g, k) for g, k in allocation.kept.items()},
+                             keep=keep, cost=cost.evaluate(keep))
+        timer.lap("obs selection")
+    # --- end issue 17 ---
 
     pruned = rewrite(analysis, allocation.keep)
     timer.lap("rewrite")
     recon_report = None
-    if mode != "none":
-        batches = _Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches)
+    if mode == "obs":  # issue 17: fold the OBS refit instead of LDRF's
+        from .reconstruct.obs_fold import fold_obs
+
+        pruned = fold_obs(analysis, allocation.keep, pruned, selection)
+        timer.lap("reconstruction")
+    elif mode != "none":
+        batches = Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches)
         pruned, recon_report = reconstruct(analysis, allocation.keep, pruned, batches, mode=mode, seed=settings.seed,
                                            progress=stage("reconstruction"))
         timer.lap("reconstruction")
     recovery = None
     if settings.recover is not None:  # --- label-free recovery (issue 18)
-        from .recovery import recover_stage
-
         pruned, recovery = recover_stage(model.proto, pruned, analysis, allocation.keep, dataset, settings.recover,
                                          stage("recovery"))
         timer.lap("recovery")
@@ -227,21 +248,20 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         "input_shapes": {k: list(v) for k, v in model.input_shapes.items()},
     }
     if recovery is not None:  # what apply needs to replay the recovery (issue 18)
-        record["recover"] = {"settings": asdict(settings.recover), "replay": recovery.get("replay"),
-                             "kept": recovery["kept"]}
+        record["recover"] = plan_record(settings.recover, recovery)
     predicted = _cost_dict(allocation.base, allocation.cost)
     plan = make_plan(analysis, allocation.kept, record, predicted)
     summary = summarise(analysis, allocation, criterion, timer)
     summary["reconstruct"] = mode
     summary["round_to"] = limits.round_to
+    if "speed" in allocation.details:  # --- issue 16: target, predicted and measured speed-up
+        summary["speed"] = allocation.details["speed"]
     if round_to_note:
         summary["notes"] = [round_to_note]
     if recon_report is not None:
         summary["reconstruction"] = {"fitted": len(recon_report.fitted), "fallback": len(recon_report.fallback),
                                      "passes": recon_report.passes}
-    if recovery is not None:
-        from .recovery import summary_of
-
+    if recovery is not None:  # issue 18
         summary["recovery"] = summary_of(recovery)
     if calibration is not None:
         summary["calibration"] = {"images": calibration.num_images, "provider": calibration.provider,
@@ -255,27 +275,30 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     return Result(pruned, plan, summary, analysis, allocation, sensitivity, scores)
 
 
+def _obs_scores(analysis: Analysis, batches, seed: int) -> tuple[dict, dict]:
+    """Issue 17: the dense network's OBS profiles as (channel order, comparable scores) per group."""
+    from .scoring.obs import ObsSettings, obs_profiles, scores_from_profiles
+
+    order, loss = obs_profiles(analysis, batches, ObsSettings(seed=seed))
+    return order, scores_from_profiles(order, loss)
+
+
 def _check_settings(settings: Settings, criterion: str, mode: str, dataset, evalset) -> None:
-    known = sorted(CRITERIA) + list(DATA_CRITERIA)
-    if criterion not in known:
-        raise OnnxPruneError(f"unknown criterion {criterion!r}; available: {', '.join(known)}")
-    if criterion in DATA_CRITERIA and dataset is None:
+    """The checks that depend on the data given (the rest: ``Settings.__post_init__``);
+    ``criterion`` and ``mode`` are the resolved defaults."""
+    if needs_data(criterion) and dataset is None:
         raise OnnxPruneError(f"criterion {criterion} scores feature maps: give calibration data with --data")
-    if mode not in RECONSTRUCT_MODES:
-        raise OnnxPruneError(f"unknown reconstruction {mode!r}; available: {', '.join(RECONSTRUCT_MODES)}")
     if mode != "none" and dataset is None:
         raise OnnxPruneError(f"reconstruction {mode} fits on activations: give calibration data with --data")
-    if settings.rank_early_stop is not None and (criterion != "hrank" or not settings.rank_early_stop > 0):
+    if settings.rank_early_stop is not None and criterion != "hrank":
         raise OnnxPruneError("--rank-early-stop takes a positive tolerance and applies to --criterion hrank only")
-    if settings.recover is not None and dataset is None:
+    if settings.recover is not None and dataset is None:  # issue 18
         raise OnnxPruneError("recovery distils the pruned model on calibration samples: give data with --data")
-    if settings.allocation not in ALLOCATIONS:
-        raise OnnxPruneError(f"unknown allocation {settings.allocation!r}; available: {', '.join(ALLOCATIONS)}")
     if settings.allocation == "sensitivity" and dataset is None and evalset is None:
         raise OnnxPruneError("sensitivity allocation evaluates pruned candidates: give --data or --eval-data")
 
 
-def _evaluator(analysis: Analysis, dataset, settings: Settings, calibration=None) -> MaskedEvaluator:
+def masked_evaluator(analysis: Analysis, dataset, settings: EvaluationSettings, calibration=None) -> MaskedEvaluator:
     """One masked session over the first ``eval_images`` images; with ``calibration`` data the
     candidates are evaluated after local reconstruction (the curves then measure what
     reconstruction cannot repair: groups it repairs well get pruned harder)."""
@@ -283,7 +306,7 @@ def _evaluator(analysis: Analysis, dataset, settings: Settings, calibration=None
     batches = list(subset.batches(settings.batch_size or 128))
     compensator = None
     if calibration is not None:
-        compensator = Compensator(analysis, _Batches(calibration, recon_batch_size(analysis, settings.batch_size),
+        compensator = Compensator(analysis, Batches(calibration, recon_batch_size(analysis, settings.batch_size),
                                                      settings.calib_batches),
                                   seed=settings.seed)
     return MaskedEvaluator(analysis, batches, subset.labels, settings.providers, compensator)
@@ -301,14 +324,16 @@ def sensitivity_analysis(source, data, criterion: str | None = None, input_shape
     if not analysis.prunable_groups:
         raise TargetError(f"no prunable channel group in the model: {_first_blocker(analysis)}")
     criterion = criterion or "hrank"
-    if criterion in DATA_CRITERIA:
+    if criterion == "obs":  # issue 17: the removal order of the dense network's OBS profiles
+        _, scores = _obs_scores(analysis, Batches(dataset, recon_batch_size(analysis)), seed)
+    elif needs_data(criterion):
         calibration = collect(analysis, dataset, [criterion], providers=providers,
                               progress=(lambda d, t: progress("calibration", d, t)) if progress else None)
         scores = data_scores(analysis, criterion, calibration, seed)
     else:
         scores = score_groups(analysis, criterion, seed=seed)
-    evaluator = _evaluator(analysis, dataset, Settings(Target("flops", 0.5), eval_images=eval_images, providers=providers,
-                                                       seed=seed), dataset if reconstruct == "local" else None)
+    evaluator = masked_evaluator(analysis, dataset, EvaluationSettings(eval_images=eval_images, seed=seed, providers=providers),
+                                 dataset if reconstruct == "local" else None)
     sens = measure_sensitivity(analysis, evaluator, scores, criterion, metric=metric,
                                progress=(lambda d, t: progress("sensitivity", d, t)) if progress else None)
     return sens, analysis
@@ -319,7 +344,7 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
     made with reconstruction needs the same calibration data to reproduce the fitted weights."""
     shapes = input_shapes or {k: tuple(v) for k, v in plan.settings.get("input_shapes", {}).items()} or None
     mode = plan.settings.get("reconstruct", "none")
-    recovered = (plan.settings.get("recover") or {}).get("kept", "unchanged") != "unchanged"  # issue 18
+    recovered = replays_recovery(plan.settings)  # issue 18
     if (mode != "none" or recovered) and data is None:
         what = f"reconstruction '{mode}'" if mode != "none" else "recovery"
         raise PlanError(f"the plan was made with {what}: pass the same calibration data (--data)")
@@ -327,16 +352,23 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
     _, analysis, _ = prepare(model)
     keep = analysis.keep_vector(plan_keep(analysis, plan))
     pruned = rewrite(analysis, keep)
-    if mode != "none":
-        batches = _Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
+    if mode == "obs":  # issue 17: the OBS selection is deterministic: rerun it for the refitted weights
+        from .reconstruct.obs_fold import fold_obs
+        from .scoring.obs import ObsSettings
+        from .scoring.obs_select import obs_select
+
+        batches = Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
+                          plan.settings.get("calib_batches"))
+        counts = {g.id: int(keep[analysis.group_offsets[g.id]:analysis.group_offsets[g.id + 1]].sum())
+                  for g in analysis.prunable_groups}
+        selection = obs_select(analysis, counts, batches, ObsSettings(seed=plan.settings.get("seed", 0)))
+        pruned = fold_obs(analysis, keep, pruned, selection)
+    elif mode != "none":
+        batches = Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
                            plan.settings.get("calib_batches"))
         pruned, _ = reconstruct(analysis, keep, pruned, batches, mode=mode, seed=plan.settings.get("seed", 0))
     if recovered:  # --- replay the recorded recovery steps (issue 18)
-        from .recovery import recover_stage
-
-        rec = plan.settings["recover"]
-        pruned, _ = recover_stage(model.proto, pruned, analysis, keep, dataset, RecoverSettings(**rec["settings"]),
-                                  replay=rec["replay"])
+        pruned = replay_recovery(model.proto, pruned, analysis, keep, dataset, plan.settings["recover"])
     if check:
         verify(model.proto, pruned, model.input_shapes)
     return pruned
@@ -391,9 +423,13 @@ def measured_cost(proto: onnx.ModelProto, input_shapes) -> Cost:
     return cost.evaluate(analysis.full_keep())
 
 
-def inspect_model(source, input_shapes=None) -> dict:
-    """Per-layer costs, channel groups and blockers, as plain data (rendered by the CLI/report)."""
-    model, analysis, cost = prepare(source, input_shapes)
+def inspect_model(source, input_shapes=None, analysis: Analysis | None = None) -> dict:
+    """Per-layer costs, channel groups and blockers, as plain data (rendered by the CLI/report).
+    ``analysis`` (of ``source``, a Model) saves analysing it again."""
+    if analysis is None:
+        model, analysis, cost = prepare(source, input_shapes)
+    else:
+        model, cost = analysis.model, CostModel(analysis)
     keep = analysis.full_keep()
     total = cost.evaluate(keep)
     per_node = cost.per_node(keep)

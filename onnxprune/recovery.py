@@ -22,59 +22,10 @@ import onnx
 
 from .data import input_specs, load_data
 from .errors import ModelError, OnnxPruneError, require_torch
+from .settings import RecoverSettings
 
-MODES = ("global", "blockwise")
-DEFAULT_TIME = 180.0  # seconds; ResNet-50 at 224 with 256 images stays within 10 min of compress on 2 cores
-DEFAULT_EPOCHS = 30  # over the training part of the samples; the small bundled models finish well under 1 min
-INSTALL_HINT = "pip install 'onnxprune[torch]'"
-
-
-@dataclass(frozen=True)
-class RecoverSettings:
-    """What :func:`recover` does.
-
-    ``time`` (seconds, whole stage) and ``steps`` (optimizer steps) bound the run, whichever ends
-    first; ``None`` for ``time`` is :data:`DEFAULT_TIME`, and without ``steps`` the run is at most
-    ``epochs`` passes over the training samples. ``mode`` "global" distils the whole model
-    (outputs plus intermediate features); "blockwise" refits one block after the other (BRECQ).
-    ``holdout`` is the held-out share of the samples (at least 16 samples) used for early stopping
-    and for the never-worse guarantee. ``augment`` "auto" shifts image inputs by a few pixels
-    (never flips) and leaves other inputs alone.
-    """
-
-    time: float | None = None
-    steps: int | None = None
-    epochs: int = DEFAULT_EPOCHS
-    mode: str = "global"
-    lr: float = 1e-3
-    batch_size: int = 64
-    temperature: float = 4.0
-    feature_weight: float = 1.0
-    max_features: int = 32
-    holdout: float = 0.125
-    patience: int | None = None  # stop after this many held-out evaluations without improvement (second half)
-    augment: str = "auto"  # "auto" (image shifts) | "mixup" (shifts and mixup) | "none"
-    seed: int = 0
-    device: str = "cpu"
-    max_samples: int = 4096
-
-    def check(self) -> None:
-        if self.mode not in MODES:
-            raise OnnxPruneError(f"unknown recovery mode {self.mode!r}; available: {', '.join(MODES)}")
-        if self.time is not None and not self.time > 0:
-            raise OnnxPruneError(f"recovery time must be positive seconds, got {self.time}")
-        if self.steps is not None and self.steps < 1:
-            raise OnnxPruneError(f"recovery steps must be at least 1, got {self.steps}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or not self.temperature > 0:
-            raise OnnxPruneError("recovery epochs, batch size, learning rate and temperature must be positive")
-        if not 0.0 < self.holdout < 1.0:
-            raise OnnxPruneError(f"recovery holdout must be a fraction in (0, 1), got {self.holdout}")
-        if self.augment not in ("auto", "mixup", "none"):
-            raise OnnxPruneError(f"recovery augment must be 'auto', 'mixup' or 'none', got {self.augment!r}")
-
-    @property
-    def budget(self) -> float:
-        return DEFAULT_TIME if self.time is None else float(self.time)
+__all__ = ["RecoverResult", "RecoverSettings", "kept_channels", "plan_record", "recover", "recover_stage",
+           "replay_recovery", "replays_recovery", "summary_of", "torch_available"]
 
 
 @dataclass
@@ -105,8 +56,7 @@ def recover(pruned: onnx.ModelProto, original: onnx.ModelProto, data, settings: 
     ``"replay"``) reruns exactly the same schedule, for ``apply``. Keyword ``overrides`` replace
     settings fields: ``recover(p, o, d, time=30, mode="blockwise")``.
     """
-    settings = replace(settings or RecoverSettings(), **overrides)
-    settings.check()
+    settings = replace(settings or RecoverSettings(), **overrides)  # validated in __post_init__
     require_torch()
     from .torch.recover import distil
 
@@ -176,3 +126,21 @@ def summary_of(report: dict) -> dict:
     keys = ("mode", "kept", "stopped", "steps", "planned_steps", "seconds", "heldout_before", "heldout_after",
             "train_samples", "heldout_samples", "features", "augment", "replay", "skipped")
     return {k: report[k] for k in keys if k in report}
+
+
+def plan_record(settings: RecoverSettings, report: dict) -> dict:
+    """What the plan keeps so that ``apply`` replays the recovery: the settings and the steps run."""
+    return {"settings": asdict(settings), "replay": report.get("replay"), "kept": report["kept"]}
+
+
+def replays_recovery(plan_settings: dict) -> bool:
+    """Whether a plan's recorded recovery changed the weights (then ``apply`` must replay it)."""
+    return (plan_settings.get("recover") or {}).get("kept", "unchanged") != "unchanged"
+
+
+def replay_recovery(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis, keep, dataset,
+                    record: dict) -> onnx.ModelProto:
+    """``apply``'s recovery: the recorded run (:func:`plan_record`) again, step for step."""
+    model, _ = recover_stage(original, pruned, analysis, keep, dataset, RecoverSettings(**record["settings"]),
+                             replay=record["replay"])
+    return model

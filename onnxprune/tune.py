@@ -9,28 +9,12 @@ importing torch; torch is imported only when a run starts (``pip install 'onnxpr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 
 from .data import ArrayDataset, input_specs, load_data
 from .errors import DataError, require_torch
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    epochs: int = 3
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    batch_size: int = 128
-    temperature: float = 4.0
-    alpha: float = 0.5
-    augment: bool = False
-    train_bn: bool = False
-    seed: int = 0
-    device: str = "auto"
-    use_labels: bool = True
+from .settings import TuneSettings
 
 
 def shuffled_batches(dataset, batch_size: int, seed: int, use_labels: bool = True):

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from cli.main import main
+from onnxprune.cli.main import main
 from graphs import G
 
 
@@ -70,24 +70,30 @@ def test_round_to_keeps_multiples(capsys, model, tmp_path):
     assert plan["groups"] and all(len(g["kept"]) % 4 == 0 for g in plan["groups"])
 
 
-def test_round_to_auto_is_8_and_falls_back_to_exact_counts(capsys, model, tmp_path):
-    """The default --round-to auto keeps multiples of 8 (onnxruntime's fast kernels) where the
-    target allows it; where 8 cannot reach it (this small model at 50%), exact counts, said in
-    the summary; an explicit N never falls back."""
+def test_round_to_auto_is_the_probed_alignment_and_steps_down(capsys, model, tmp_path):
+    """The default --round-to auto keeps multiples of onnxruntime's NCHWc block (probed: 8 with
+    AVX2, 16 with AVX-512) where the target allows it; where it cannot reach it (this small
+    model at 50%), smaller multiples down to 4, then exact counts, said in the summary; an
+    explicit N never falls back."""
+    from onnxprune.runtime.latency import detect_alignment
+
+    align = detect_alignment()
     root = Path(__file__).resolve().parents[1]
     code, out, err = run_cli(capsys, "compress", root / "models" / "resnet20_fmnist.onnx", "--flops", "0.3",
                              "-o", tmp_path / "r20.onnx", "--json")
     assert code == 0, err
     s = json.loads(out)
-    assert s["round_to"] == 8 and "notes" not in s
+    assert s["round_to"] == align and "notes" not in s
     plan = json.loads((tmp_path / "r20.plan.json").read_text())
-    assert plan["groups"] and all(len(g["kept"]) % 8 == 0 for g in plan["groups"])
+    assert plan["groups"] and all(len(g["kept"]) % align == 0 for g in plan["groups"])
     code, out, err = run_cli(capsys, "compress", model, "--flops", "0.5", "-o", tmp_path / "a.onnx", "--json")
     assert code == 0, err
     s = json.loads(out)
-    assert s["round_to"] == 1 and "--round-to 8 cannot reach the target" in s["notes"][0]
+    assert s["round_to"] < align and f"--round-to {align} cannot reach the target" in s["notes"][0]
+    plan = json.loads((tmp_path / "a.plan.json").read_text())
+    assert all(len(g["kept"]) % s["round_to"] == 0 for g in plan["groups"] if len(g["kept"]) < 16)
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.5", "--round-to", "8", "-o", tmp_path / "b.onnx")
-    assert code == 1 and "cannot remove 50%" in err
+    assert code == 1 and "cannot remove 50" in err
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.5", "--round-to", "eight", "-o", tmp_path / "c.onnx")
     assert code == 2 and "--round-to" in err
 
@@ -160,7 +166,7 @@ def test_bad_input_gives_one_line_error(capsys, tmp_path, model, case, args, mes
 
 def test_usage_errors_exit_2(capsys, model):
     code, _, err = run_cli(capsys, "compress", model)
-    assert code == 2 and "exactly one of --flops or --params" in err
+    assert code == 2 and "exactly one of --flops, --params, --speedup or --latency-ms" in err
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--input-shape", "bad")
     assert code == 2
 
@@ -212,7 +218,7 @@ def test_overwritten_file_keeps_its_mode(tmp_path, umask, mode):
     import os
     import stat
 
-    from onnxprune.graph import write_bytes_atomic
+    from onnxprune.model.files import write_bytes_atomic
 
     umask(0o022)
     target = tmp_path / "out.bin"
@@ -281,13 +287,13 @@ def test_plan_path_cannot_replace_the_input_model(capsys, tmp_path, model):
 def test_failing_report_leaves_no_model_behind(capsys, monkeypatch, tmp_path, model):
     """The report is built before the model is saved: if building it fails (here: the latency
     measurement raises), neither the pruned model nor its plan is written."""
-    import onnxprune.report
+    import onnxprune.report.build
     from onnxprune.errors import OnnxPruneError
 
     def latency_fails(*args, **kwargs):
         raise OnnxPruneError("onnxruntime could not time the pruned model")
 
-    monkeypatch.setattr(onnxprune.report, "measure_latency", latency_fails)
+    monkeypatch.setattr(onnxprune.report.build, "measure_latency", latency_fails)
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--report", tmp_path / "r.html")
     assert code == 1 and err.strip() == "error: onnxruntime could not time the pruned model", err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
@@ -295,7 +301,7 @@ def test_failing_report_leaves_no_model_behind(capsys, monkeypatch, tmp_path, mo
 
 def test_html_report_without_matplotlib_fails_before_compressing(capsys, monkeypatch, tmp_path, model):
     import onnxprune
-    import onnxprune.report_html
+    import onnxprune.report.html
     from onnxprune.errors import DependencyError
 
     def no_matplotlib():
@@ -304,7 +310,7 @@ def test_html_report_without_matplotlib_fails_before_compressing(capsys, monkeyp
     def must_not_run(*args, **kwargs):
         raise AssertionError("compress ran although the HTML report cannot be drawn")
 
-    monkeypatch.setattr(onnxprune.report_html, "require_matplotlib", no_matplotlib)
+    monkeypatch.setattr(onnxprune.report.html, "require_matplotlib", no_matplotlib)
     monkeypatch.setattr(onnxprune, "compress", must_not_run)
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--report", tmp_path / "r.html")
     assert code == 1 and err.strip() == "error: matplotlib is not installed: pip install 'onnxprune[report]'", err

@@ -21,8 +21,8 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnxprune import RecoverSettings, Settings, Target, compress, recover  # noqa: E402
 from onnxprune.recovery import kept_channels  # noqa: E402
-from onnxprune.torch.bridge import to_torch  # noqa: E402
-from onnxprune.torch.recover import _output_kind, run  # noqa: E402
+from onnxprune.torch.module import to_torch  # noqa: E402
+from onnxprune.torch.recover_loss import output_kind, run  # noqa: E402
 from onnxprune.torch.recover_blocks import blocks, cut_points  # noqa: E402
 from test_cli import run_cli, small_cnn  # noqa: E402
 
@@ -155,12 +155,12 @@ def test_blockwise_cuts_at_block_outputs_and_never_worsens(models):
 
 
 def test_output_kinds():
-    assert _output_kind(torch.randn(4, 10), "Gemm") == "class"
-    assert _output_kind(torch.randn(4, 7, 30).softmax(-1), "MatMul") == "seq"
-    assert _output_kind(torch.randn(7, 4, 30).log_softmax(-1), "Add") == "seq"
-    assert _output_kind(torch.randn(7, 4, 30), "LogSoftmax") == "seq"
-    assert _output_kind(torch.randn(7, 4, 30), "Add") == "mse"
-    assert _output_kind(torch.randn(2, 3, 8, 8), "Conv") == "mse"
+    assert output_kind(torch.randn(4, 10), "Gemm") == "class"
+    assert output_kind(torch.randn(4, 7, 30).softmax(-1), "MatMul") == "seq"
+    assert output_kind(torch.randn(7, 4, 30).log_softmax(-1), "Add") == "seq"
+    assert output_kind(torch.randn(7, 4, 30), "LogSoftmax") == "seq"
+    assert output_kind(torch.randn(7, 4, 30), "Add") == "mse"
+    assert output_kind(torch.randn(2, 3, 8, 8), "Conv") == "mse"
 
 
 def test_bad_settings_are_one_line_errors(models):

@@ -40,160 +40,16 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OnnxPruneError
-from .bridge import _TORCH_DTYPES, OnnxModule, to_torch, write_back
+from .module import OnnxModule, to_torch, write_back
+from .nodes import TORCH_DTYPES
+from .recover_loss import Matcher, kl, output_kind, output_loss, run, snapshot
 
 MIN_HOLDOUT = 16
 PROBE = 2  # samples that show which intermediate tensors changed and how they match
 MEMORY_BUDGET = 2 << 30  # bytes of activations a training step may hold (student, its gradients, the teacher)
 WARMUP_STEPS = 3  # linear warm-up; the time budget fixes the step count at its end
 EVALUATIONS = 20  # held-out evaluations over a run
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 IMAGE_CHANNELS = (1, 3, 4)
-
-
-# --------------------------------------------------------------------------------------------
-# Running a module with captured intermediate tensors
-
-
-def _env(module: OnnxModule) -> dict[str, Any]:
-    module._state.training = module.training
-    env: dict[str, Any] = dict(module._static)
-    for name, (where, key) in module._keys.items():
-        env[name] = module.weights[key] if where == "weights" else getattr(module.constants, key)
-    return env
-
-
-def _execute(module: OnnxModule, env: dict[str, Any], start: int, stop: int, capture=()) -> dict[str, torch.Tensor]:
-    """Run nodes ``start..stop-1`` in ``env`` (updated in place); return the captured tensors."""
-    taken: dict[str, torch.Tensor] = {}
-    for node, free in zip(module._nodes[start:stop], module._free_after[start:stop]):
-        result = node.fn(node, *[env[i] if i else None for i in node.inputs])
-        if not isinstance(result, (tuple, list)):
-            result = (result,)
-        for name, value in zip(node.outputs, result):
-            if name:
-                env[name] = value
-                if name in capture:
-                    taken[name] = value
-        for name in free:
-            if name not in capture:
-                env.pop(name, None)
-    return taken
-
-
-def run(module: OnnxModule, inputs: dict[str, torch.Tensor], capture=()) -> tuple[list[torch.Tensor], dict]:
-    """The module's outputs (a list) and the tensors named in ``capture``."""
-    env = _env(module)
-    env.update({n: inputs[n] for n in module.input_names})
-    feats = _execute(module, env, 0, len(module._nodes), set(capture))
-    return [env[n] for n in module.output_names], feats
-
-
-# --------------------------------------------------------------------------------------------
-# What to match: output kinds and feature tensors
-
-
-def _output_kind(t: torch.Tensor, producer: str | None) -> str:
-    """"class" ([N, C] logits or probabilities), "seq" (per-position posteriors) or "mse"."""
-    if not t.is_floating_point():
-        return "none"
-    if t.dim() == 2 and t.shape[1] >= 2:
-        return "class"
-    if t.dim() == 3 and t.shape[-1] >= 2:
-        if producer in ("Softmax", "LogSoftmax") or _probabilities(t) or _probabilities(t.exp()):
-            return "seq"
-    return "mse"
-
-
-def _probabilities(t: torch.Tensor) -> bool:
-    t = t.double()
-    return bool((t >= -1e-6).all()) and bool(torch.allclose(t.sum(-1), torch.ones_like(t.sum(-1)), atol=1e-3))
-
-
-def _as_logits(t: torch.Tensor) -> torch.Tensor:
-    """Probabilities become log-probabilities (valid logits); logits stay."""
-    if bool((t >= 0).all()) and bool(torch.allclose(t.sum(-1), torch.ones_like(t.sum(-1)), atol=1e-3)):
-        return t.clamp_min(1e-12).log()
-    return t
-
-
-def _kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over positions of ``T**2 * KL(p_teacher || p_student)`` along the last axis."""
-    s = _as_logits(student).reshape(-1, student.shape[-1]) / temperature
-    t = _as_logits(teacher).reshape(-1, teacher.shape[-1]) / temperature
-    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), reduction="sum", log_target=True)
-    return kl / s.shape[0] * temperature**2
-
-
-def _nmse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    return ((student - teacher) ** 2).sum() / ((teacher**2).sum() + 1e-12)
-
-
-def output_loss(kinds: list[str], student: list[torch.Tensor], teacher: list[torch.Tensor], temperature: float):
-    loss = student[0].new_zeros(())
-    for kind, s, t in zip(kinds, student, teacher):
-        if kind in ("class", "seq"):
-            loss = loss + _kl(s, t, temperature)
-        elif kind == "mse":
-            loss = loss + _nmse(s, t)
-    return loss
-
-
-class Matcher:
-    """Intermediate tensors of the student matched to the teacher: ``name -> (axis, index)`` or
-    ``name -> None`` (same shape). Chosen on a probe batch: inputs of the student's weighted
-    layers that the teacher also has, whose shape agrees (directly or through ``channels``) and
-    whose values differ (tensors upstream of every change need no matching)."""
-
-    def __init__(self, student: OnnxModule, teacher: OnnxModule, channels: dict, probe: dict, limit: int):
-        names = []
-        inputs = set(student.input_names) | set(student.output_names)
-        for node in student._nodes:
-            if node.op in WEIGHTED_OPS and node.inputs and node.inputs[0] not in inputs:
-                names.append(node.inputs[0])
-        names = list(dict.fromkeys(names))
-        with torch.no_grad():
-            _, s_feats = run(student, probe, names)
-            _, t_feats = run(teacher, probe, names)
-        self.select: dict[str, tuple[int, torch.Tensor] | None] = {}
-        for name in names:
-            s, t = s_feats.get(name), t_feats.get(name)
-            if s is None or t is None or not s.is_floating_point():
-                continue
-            how = self._how(name, s, t, channels)
-            if how is False:
-                continue
-            if torch.equal(s, self._pick(t, how)):
-                continue
-            self.select[name] = how
-        if len(self.select) > limit:  # evenly spaced along the network
-            keys = list(self.select)
-            picked = {keys[round(i * (len(keys) - 1) / (limit - 1))] for i in range(limit)} if limit > 1 else {keys[-1]}
-            self.select = {k: v for k, v in self.select.items() if k in picked}
-
-    @staticmethod
-    def _how(name, s, t, channels):
-        if s.shape == t.shape:
-            return None
-        if name in channels and s.dim() == t.dim():
-            axis, idx = channels[name]
-            idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-            shape = list(t.shape)
-            shape[axis] = len(idx)
-            if list(s.shape) == shape:
-                return axis, idx
-        return False
-
-    @staticmethod
-    def _pick(t: torch.Tensor, how) -> torch.Tensor:
-        if how is None:
-            return t
-        axis, idx = how
-        return t.index_select(axis, idx.to(t.device))
-
-    def loss(self, s_feats: dict, t_feats: dict) -> torch.Tensor | None:
-        terms = [_nmse(s_feats[n], self._pick(t_feats[n], how)) for n, how in self.select.items()]
-        return torch.stack(terms).mean() if terms else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,8 +74,8 @@ class Samples:
     """All samples as tensors, split once (seeded) into training and held-out parts."""
 
     def __init__(self, arrays: dict[str, np.ndarray], student: OnnxModule, teacher: OnnxModule, settings, device):
-        dtypes = {**{n: _TORCH_DTYPES.get(e) for n, e in teacher.input_types.items()},
-                  **{n: _TORCH_DTYPES.get(e) for n, e in student.input_types.items()}}
+        dtypes = {**{n: TORCH_DTYPES.get(e) for n, e in teacher.input_types.items()},
+                  **{n: TORCH_DTYPES.get(e) for n, e in student.input_types.items()}}
         names = list(dict.fromkeys(student.input_names + teacher.input_names))
         missing = [n for n in names if n not in arrays]
         if missing:
@@ -286,7 +142,7 @@ class HeldOut:
             for k, (kind, s, t) in enumerate(zip(self.kinds, outs, target)):
                 if kind in ("class", "seq"):
                     positions = s.numel() // s.shape[-1]
-                    num[k] += float(_kl(s, t, 1.0)) * positions
+                    num[k] += float(kl(s, t, 1.0)) * positions
                     den[k] += positions
                     if k == first:
                         agree += int((s.argmax(-1) == t.argmax(-1)).sum())
@@ -351,8 +207,8 @@ def distil(pruned: onnx.ModelProto, original: onnx.ModelProto, arrays: dict[str,
         settings = replace(settings, batch_size=batch_size(student, samples, settings.batch_size))
         report["batch_size"] = settings.batch_size
         heldout = HeldOut(samples, teacher, settings.batch_size)  # its targets tell the output kinds
-        producer = {o: nd.op for nd in teacher._nodes for o in nd.outputs}
-        kinds = heldout.kinds = [_output_kind(t, producer.get(n)) for t, n in zip(heldout.targets[0], teacher.output_names)]
+        producer = {o: nd.op for nd in teacher.nodes for o in nd.outputs}
+        kinds = heldout.kinds = [output_kind(t, producer.get(n)) for t, n in zip(heldout.targets[0], teacher.output_names)]
         if settings.mode == "blockwise":
             from .recover_blocks import train_blockwise as train
         else:
@@ -375,16 +231,12 @@ def batch_size(student: OnnxModule, samples: Samples, most: int) -> int:
     step keeps every student activation for the backward pass, about three times one forward;
     64 images of ResNet-50 at 224 would hold some 15 GB)."""
     one = samples.take(samples.train[:1])
-    env = _env(student)
+    env = student.environment()
     env.update({n: one[n] for n in student.input_names})
-    names = {o for nd in student._nodes for o in nd.outputs if o}
-    per_sample = sum(t.numel() * t.element_size() for t in _execute(student, env, 0, len(student._nodes), names).values()
+    names = {o for nd in student.nodes for o in nd.outputs if o}
+    per_sample = sum(t.numel() * t.element_size() for t in student.execute(env, capture=names).values()
                      if isinstance(t, torch.Tensor))
     return int(max(1, min(most, len(samples.train), MEMORY_BUDGET // max(3 * per_sample, 1))))
-
-
-def _state(module: OnnxModule) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 class Budget:
@@ -442,7 +294,7 @@ def fit(module: OnnxModule, params: list, batch_loss, n_train: int, evaluate, bu
         if progress is not None:
             progress({"event": "eval", "block": label, "step": step, **score})
         if score["loss"] < best["loss"] * (1 - 1e-4):
-            best, best_step, best_state = score, step, _state(module)
+            best, best_step, best_state = score, step, snapshot(module)
             return True
         return False
 

@@ -16,15 +16,16 @@ import time
 
 import torch
 
-from .recover import PROBE, WEIGHTED_OPS, Budget, Matcher, _env, _execute, _nmse, _state, fit, output_loss, run
+from .recover import PROBE, Budget, fit
+from .recover_loss import WEIGHTED_OPS, Matcher, nmse, output_loss, run, snapshot
 
 PROPAGATE = 0.15  # share of the time budget left for passing the samples through trained blocks
 
 
 def cut_points(module) -> list[tuple[int, str]]:
     """``(node index, tensor)`` where, after that node, ``tensor`` is the only live activation."""
-    nodes = module._nodes
-    constants = set(module._static) | set(module._keys)
+    nodes = module.nodes
+    constants = module.constant_names
     last: dict[str, int] = {}
     for i, nd in enumerate(nodes):
         for v in nd.inputs:
@@ -47,7 +48,7 @@ def cut_points(module) -> list[tuple[int, str]]:
 def blocks(module, matchable: set[str]) -> list[tuple[int, int, str | None]]:
     """``(start, stop, output tensor or None for the model outputs)`` node ranges; a block ends
     at the last matchable cut before the next weighted layer, so activations stay in the block."""
-    nodes = module._nodes
+    nodes = module.nodes
     cut_at = {i: t for i, t in cut_points(module) if t in matchable}
     out, start, weighted, candidate = [], 0, False, None
     for i, nd in enumerate(nodes):
@@ -63,15 +64,14 @@ def blocks(module, matchable: set[str]) -> list[tuple[int, int, str | None]]:
 
 
 def _block_params(module, start: int, stop: int) -> list[torch.nn.Parameter]:
-    used = {v for nd in module._nodes[start:stop] for v in nd.inputs}
-    return [module.weights[key] for name, (where, key) in module._keys.items()
-            if where == "weights" and name in used and module.weights[key].requires_grad]
+    used = {v for nd in module.nodes[start:stop] for v in nd.inputs}
+    return [p for name, p in module.onnx_parameters() if name in used and p.requires_grad]
 
 
 def _run_block(module, start, stop, inputs: dict, out_name):
-    env = _env(module)
+    env = module.environment()
     env.update(inputs)
-    _execute(module, env, start, stop, {out_name} if out_name else set())
+    module.execute(env, start, stop, {out_name} if out_name else set())
     return env[out_name] if out_name else [env[n] for n in module.output_names]
 
 
@@ -93,7 +93,7 @@ def train_blockwise(student, teacher, samples, heldout, kinds, channels, setting
             for batch in samples.chunks(index, bs):
                 _, feats = run(teacher, batch, outs)
                 for o in outs:
-                    targets[part][o].append(Matcher._pick(feats[o], ends[o]))
+                    targets[part][o].append(Matcher.pick(feats[o], ends[o]))
         targets = {p: {o: torch.cat(v) for o, v in d.items()} for p, d in targets.items()}
         current = {"train": samples.take(samples.train), "held": samples.take(samples.heldout)}
     start_score = heldout.score(student)
@@ -111,7 +111,7 @@ def train_blockwise(student, teacher, samples, heldout, kinds, channels, setting
             y = _run_block(student, start, stop, x, out_name)
             if out_name is None:
                 return output_loss(kinds, y, [t[index] for t in targets["train"]["__outputs__"]], settings.temperature)
-            return _nmse(y, targets["train"][out_name][index])
+            return nmse(y, targets["train"][out_name][index])
 
         if out_name is None:
             with torch.no_grad():
@@ -138,7 +138,7 @@ def train_blockwise(student, teacher, samples, heldout, kinds, channels, setting
         deadline = time.perf_counter() + (end - time.perf_counter()) / left_blocks
         budget = Budget(deadline, per_block, 0.0, replays[k] if replays else None)
         params = _block_params(student, start, stop)
-        before = _state(student)
+        before = snapshot(student)
         state, info = fit(student, params, batch_loss, n_train, evaluate, budget, settings, generator,
                           progress, label=str(k)) if params else (None, {"steps": 0, "replay": None})
         student.load_state_dict(state if state is not None else before)  # a block that did not improve is reset
@@ -157,7 +157,7 @@ def train_blockwise(student, teacher, samples, heldout, kinds, channels, setting
     info = {"heldout_before": start_score, "heldout_after": final if better else start_score, "steps": steps,
             "planned_steps": by_steps, "kept": "blocks" if better else "unchanged", "stopped": "blocks done",
             "blocks": len(plan), "features": len(outs), "replay": {"blocks": infos}}
-    return (_state(student) if better else None), info
+    return (snapshot(student) if better else None), info
 
 
 def _teacher_outputs(teacher, samples, index, bs):
@@ -171,5 +171,5 @@ def _block_ends(student, teacher, probe, channels) -> dict:
     with torch.no_grad():
         _, s = run(student, probe, cuts)
         _, t = run(teacher, probe, cuts)
-    hows = {n: Matcher._how(n, s[n], t[n], channels) for n in cuts if n in s and n in t}
+    hows = {n: Matcher.how(n, s[n], t[n], channels) for n in cuts if n in s and n in t}
     return {n: how for n, how in hows.items() if how is not False}
