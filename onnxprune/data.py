@@ -67,8 +67,14 @@ class InputSpec:
         return "[" + ",".join("?" if d is None else str(d) for d in self.shape) + "]"
 
     def static_dim(self, axis: int) -> int | None:
+        """The declared size at ``axis``, or ``None`` where it is symbolic (a name, ``?``, or a
+        non-positive value such as the ``-1`` batch some exporters write)."""
         d = self.shape[axis]
-        return d if isinstance(d, int) else None
+        return d if isinstance(d, int) and d > 0 else None
+
+    def declared_batch(self) -> int | None:
+        """The fixed batch size the model declares (axis 0), or ``None`` where it is symbolic."""
+        return self.static_dim(0) if self.shape else None
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -79,8 +85,9 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if vi.name in initializers:
             continue
         tt = vi.type.tensor_type
-        shape = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+        shape = tuple(  # a non-positive dim_value (-1, 0) is symbolic, as in graph.py
+            (d.dim_value if d.dim_value > 0 else None) if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tt.shape.dim
         )
         specs.append(InputSpec(vi.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
     return specs
@@ -123,7 +130,7 @@ def _check_array(name: str, array: np.ndarray, spec: InputSpec, where: str = "")
             f"given shape {tuple(array.shape)}"
         )
     for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
-        if axis > 0 and isinstance(want, int) and want != got:
+        if axis > 0 and spec.static_dim(axis) is not None and want != got:
             raise DataError(
                 f"input '{name}'{where}: expected shape {expected}, given {tuple(array.shape)} "
                 f"(dim {axis} is {got}, expected {want})"
@@ -137,6 +144,13 @@ def _check_array(name: str, array: np.ndarray, spec: InputSpec, where: str = "")
                 f"input '{name}'{where}: data contains NaN or Inf "
                 f"({int(bad.sum())} values, first in sample {sample})"
             )
+
+
+def declared_batch(specs: Sequence[InputSpec]) -> int | None:
+    """The one fixed batch size the inputs declare (``[1, 1, 64, W]`` -> 1), or ``None``: every
+    onnxruntime run over these inputs must use it (calibration, reconstruction, evaluation)."""
+    static = {s.declared_batch() for s in specs} - {None}
+    return static.pop() if len(static) == 1 else None
 
 
 def _check_labels(labels: np.ndarray | None, num_samples: int, source: str) -> np.ndarray | None:

@@ -97,6 +97,11 @@ def recon_batch_size(analysis: Analysis, requested: int | None = None) -> int:
     whole batch (twice for ldrf: original and pruned), so the batch follows a memory budget
     (64 images of ResNet-50 at 224 held 8 GB). Deterministic from the model alone, so
     ``apply`` streams the same batches as ``compress`` and reproduces the fitted weights."""
+    from .data import declared_batch, input_specs
+
+    fixed = declared_batch(input_specs(analysis.model.proto))  # issue 15.2: [1, 1, 64, W] runs 1 image at a time
+    if fixed is not None:
+        return fixed
     if requested:
         return requested
     from .reconstruct import find_consumers
@@ -262,7 +267,9 @@ def _evaluator(analysis: Analysis, dataset, settings: Settings, calibration=None
     candidates are evaluated after local reconstruction (the curves then measure what
     reconstruction cannot repair: groups it repairs well get pruned harder)."""
     subset = dataset.take(settings.eval_images) if dataset.num_samples and dataset.num_samples > settings.eval_images else dataset
-    batches = list(subset.batches(settings.batch_size or 128))
+    from .data import declared_batch
+
+    batches = list(subset.batches(declared_batch(subset.specs) or settings.batch_size or 128))
     compensator = None
     if calibration is not None:
         compensator = Compensator(analysis, _Batches(calibration, recon_batch_size(analysis, settings.batch_size),

@@ -1,0 +1,158 @@
+"""A corpus of input declarations as real exporters write them (issue 15), each compressed with
+``--data`` through the CLI and checked: onnx.checker, an onnxruntime run on the data, the same
+input and output names, the same declared input shapes and the same output shapes at run time.
+
+The forms come from models met in the wild: PaddleOCR's ``x: [-1, 3, ?, ?]`` (rapidocr 1.4.4),
+ddddocr's ``input1: [1, 1, 64, W]`` (a fixed batch of 1 with a symbolic width), PyTorch's named
+symbolic dims, a batch declared 0, several inputs, a uint8 image input, and tf2onnx's NHWC input
+(``unk__N`` batch, then a Transpose to NCHW).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from graphs import G
+from test_cli import run_cli
+
+
+def _dims(vi):
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+
+
+def _value_info(name, elem, dims):
+    vi = helper.make_tensor_value_info(name, elem, None)
+    shape = vi.type.tensor_type.shape
+    for d in dims:  # make_tensor_value_info refuses nothing, but build dims by hand to keep -1 and 0 as given
+        dim = shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        else:
+            dim.dim_param = d
+    return vi
+
+
+def _finish(g: G, inputs, out) -> onnx.ModelProto:
+    graph = helper.make_graph(g.nodes, "corpus", inputs,
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], g.inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)])
+    m.ir_version = 8
+    m.graph.output[0].CopyFrom(onnx.shape_inference.infer_shapes(m).graph.output[0])
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _body(g: G, x, cin):
+    a = g.cbr(x, cin, 8)
+    b = g.op("Relu", [g.op("Add", [g.bn(g.conv(g.cbr(a, 8, 8), 8, 8), 8), a])])
+    return g.head(g.cbr(b, 8, 16, stride=2), 16)
+
+
+def nchw(batch, c=3, h=16, w=16):
+    g = G(1)
+    return _finish(g, [_value_info("x", TensorProto.FLOAT, [batch, c, h, w])], _body(g, "x", c))
+
+
+def several_inputs():
+    g = G(2)
+    a, b = g.cbr("x", 3, 8), g.cbr("y", 3, 8)
+    s = g.op("Relu", [g.op("Add", [a, b])])
+    out = g.head(g.cbr(s, 8, 16, stride=2), 16)
+    return _finish(g, [_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16]),
+                       _value_info("y", TensorProto.FLOAT, ["batch", 3, 16, 16])], out)
+
+
+def uint8_image():
+    g = G(3)
+    x = g.op("Div", [g.op("Cast", ["x"], to=TensorProto.FLOAT), g.const(np.float32(255.0))])
+    return _finish(g, [_value_info("x", TensorProto.UINT8, ["batch", 3, 16, 16])], _body(g, x, 3))
+
+
+def tf2onnx_nhwc():
+    """What tf2onnx writes for a Keras model: ``input_1: [unk__12, 16, 16, 3]`` then Transpose."""
+    g = G(4)
+    x = g.op("Transpose", ["input_1"], perm=[0, 3, 1, 2])
+    return _finish(g, [_value_info("input_1", TensorProto.FLOAT, ["unk__12", 16, 16, 3])], _body(g, x, 3))
+
+
+# (id, model builder, {input: data shape}, dtype)
+CORPUS = [
+    ("symbolic names", lambda: nchw("N", h="H", w="W"), {"x": (12, 3, 16, 16)}, np.float32),
+    ("batch -1 and ? dims (PP-OCR cls)", lambda: nchw(-1, h="?", w="?"), {"x": (12, 3, 16, 24)}, np.float32),
+    ("batch -1 static spatial", lambda: nchw(-1), {"x": (12, 3, 16, 16)}, np.float32),
+    ("batch 0", lambda: nchw(0), {"x": (12, 3, 16, 16)}, np.float32),
+    ("fixed batch 1, symbolic width (ddddocr)", lambda: nchw(1, c=1, w="image_width"), {"x": (6, 1, 16, 24)},
+     np.float32),
+    ("several inputs", several_inputs, {"x": (12, 3, 16, 16), "y": (12, 3, 16, 16)}, np.float32),
+    ("uint8 image", uint8_image, {"x": (12, 3, 16, 16)}, np.uint8),
+    ("NHWC from tf2onnx", tf2onnx_nhwc, {"input_1": (12, 16, 16, 3)}, np.float32),
+]
+
+
+def _data(shapes, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    if dtype == np.uint8:
+        return {k: rng.integers(0, 256, s, dtype=np.uint8) for k, s in shapes.items()}
+    return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+
+
+def _session(model):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("build, shapes, dtype", [c[1:] for c in CORPUS], ids=[c[0] for c in CORPUS])
+def test_declared_input_forms_compress_with_data(capsys, tmp_path, build, shapes, dtype):
+    original = build()
+    src, out = tmp_path / "m.onnx", tmp_path / "p.onnx"
+    onnx.save(original, src)
+    data = _data(shapes, dtype)
+    np.savez(tmp_path / "d.npz", **data)
+    code, stdout, err = run_cli(capsys, "compress", src, "--flops", "0.3", "--data", tmp_path / "d.npz", "-o", out)
+    assert code == 0, err
+    pruned = onnx.load(out)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert [i.name for i in pruned.graph.input] == [i.name for i in original.graph.input]
+    declared = [["batch" if (a, d) == (0, 0) else d for a, d in enumerate(_dims(i))] for i in original.graph.input]
+    assert [_dims(i) for i in pruned.graph.input] == declared  # a batch declared 0 becomes a named one
+    assert [o.name for o in pruned.graph.output] == [o.name for o in original.graph.output]
+    batch = 1 if _dims(original.graph.input[0])[0] == 1 else 4
+    feed = {k: v[:batch] for k, v in data.items()}
+    runnable = onnx.ModelProto()
+    runnable.CopyFrom(original)
+    for vi in runnable.graph.input:  # onnxruntime runs a batch declared 0 only with 0 samples
+        if _dims(vi)[0] == 0:
+            vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    before, after = _session(runnable).run(None, feed), _session(pruned).run(None, feed)
+    assert [a.shape for a in after] == [b.shape for b in before]
+    assert all(np.isfinite(a).all() for a in after)
+    assert "MACs" in stdout and "-0.0%" not in stdout.splitlines()[0]
+
+
+def test_shape_hint_keeps_static_dims_and_works(capsys, tmp_path):
+    """Issue 15.3: the hint for ``[1, 1, 16, W]`` is ``x:1,1,16,224``, and following it works."""
+    src = tmp_path / "m.onnx"
+    onnx.save(nchw(1, c=1, w="image_width"), src)
+    code, _, err = run_cli(capsys, "compress", src, "--flops", "0.3")
+    assert code == 1 and "pass --input-shape x:1,1,16,224 " in err, err
+    hint = err.split("--input-shape ")[1].split()[0]
+    code, _, err = run_cli(capsys, "compress", src, "--flops", "0.3", "--input-shape", hint)
+    assert code == 0, err
+
+
+def test_fixed_batch_one_reconstructs_with_the_declared_batch(tmp_path):
+    """Issue 15.2: every onnxruntime run over a model declaring batch 1 uses batch 1."""
+    from onnxprune import analyse, load_model
+    from onnxprune.data import declared_batch, input_specs
+    from onnxprune.pipeline import recon_batch_size
+
+    proto = nchw(1, c=1, w="image_width")
+    assert declared_batch(input_specs(proto)) == 1
+    analysis = analyse(load_model(proto, {"x": (1, 1, 16, 24)}))
+    assert recon_batch_size(analysis) == 1 and recon_batch_size(analysis, 32) == 1
+    assert declared_batch(input_specs(nchw(-1))) is None and input_specs(nchw(-1))[0].static_dim(0) is None
