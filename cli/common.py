@@ -28,6 +28,9 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]] | 
 
 def output_path(model: str, output: str | None, suffix: str, force: bool) -> Path:
     """Default beside the input (``model.pruned.onnx``); never the input; existing needs --force."""
+    if output == "-":  # issue 15.5: not a file named "-"
+        raise click.BadParameter("'-' (standard output) is not supported for a model; give a file path",
+                                 param_hint="-o/--output")
     src = Path(model)
     out = Path(output) if output else src.with_name(src.stem + suffix)
     if src.exists() and out.exists() and os.path.samefile(src, out):
@@ -84,9 +87,10 @@ def data_options(fn):
                      "optional 'labels'), .npy, or a folder of images."),
         click.option("--eval-data", type=click.Path(), help="Evaluation data for --allocation sensitivity "
                      "(labels give accuracy drop; else fidelity to the original) [default: --data]."),
-        click.option("--calib-batches", type=int, help="Use at most N batches of --data for calibration."),
-        click.option("--batch-size", type=int, help="Batch size [default: chosen from a 1 GiB activation budget]."),
-        click.option("--eval-images", type=int, default=512, show_default=True,
+        click.option("--calib-batches", type=click.IntRange(min=1), help="Use at most N batches of --data for calibration."),
+        click.option("--batch-size", type=click.IntRange(min=1),
+                     help="Batch size [default: chosen from a 1 GiB activation budget]."),
+        click.option("--eval-images", type=click.IntRange(min=1), default=512, show_default=True,
                      help="Images of the evaluation data used per sensitivity evaluation."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="onnxruntime execution provider (cuda falls back to cpu with a message)."),

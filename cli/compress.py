@@ -26,9 +26,16 @@ AUTO_ROUND_TO = 8  # --round-to auto: onnxruntime's NCHWc block on AVX2 (docs/LA
 
 def _positive_int(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise click.BadParameter(f"expected a whole number or 'auto', got {text!r}", param_hint="--round-to") from None
+        value = 0
+    if value < 1:  # issue 15.6: out-of-range values are usage errors (exit 2)
+        raise click.BadParameter(f"expected a positive whole number or 'auto', got {text!r}", param_hint="--round-to")
+    return value
+
+
+# Issue 15.6: a target outside (0, 1) is a usage error (exit 2), as in `inspect --flops`.
+FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
 
 
 CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]
@@ -36,8 +43,8 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 
 @click.command(epilog=EXAMPLES_COMPRESS)
 @click.argument("model", type=click.Path(dir_okay=True))
-@click.option("--flops", type=float, help="Fraction of MACs to remove, e.g. 0.3.")
-@click.option("--params", type=float, help="Fraction of parameters to remove (instead of --flops).")
+@click.option("--flops", type=FRACTION, help="Fraction of MACs to remove, e.g. 0.3.")
+@click.option("--params", type=FRACTION, help="Fraction of parameters to remove (instead of --flops).")
 @click.option("-o", "--output", type=click.Path(), help="Pruned model path [default: MODEL.pruned.onnx].")
 @click.option("--plan", "plan_path", type=click.Path(), help="Plan JSON path [default: OUTPUT with .plan.json].")
 @click.option("--criterion", type=click.Choice(CRITERIA),
@@ -51,8 +58,8 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--sensitivity-metric", type=click.Choice(["accuracy_drop", "kl", "disagreement", "error"]),
               help="Damage measure of --allocation sensitivity [default: accuracy_drop with labels, else kl "
                    "(classifiers) or error].")
-@click.option("--max-ratio", type=float, default=0.8, show_default=True, help="Most of any group's channels that may go.")
-@click.option("--min-channels", type=int, default=1, show_default=True, help="Fewest channels any group keeps.")
+@click.option("--max-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True, help="Most of any group's channels that may go.")
+@click.option("--min-channels", type=click.IntRange(min=1), default=1, show_default=True, help="Fewest channels any group keeps.")
 @click.option("--round-to", default="auto", show_default=True, metavar="N|auto",
               help="Kept channel counts are multiples of N where a group has at least N channels. onnxruntime's CPU "
                    "convolutions leave their fast blocked (NCHWc) kernels for other counts: with 1, pruned models "
@@ -60,7 +67,7 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
                    "0.73-0.76x, with 16 at 0.91-0.99x (docs/LATENCY.md, AVX-512 CPU). auto: 8, or exact counts (1) where 8 cannot reach "
                    "the target (small models; the summary says so). 16 suits AVX-512 servers.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
-@click.option("--rank-early-stop", type=float, metavar="TOL",
+@click.option("--rank-early-stop", type=click.FloatRange(0, min_open=True), metavar="TOL",
               help="HRank: stop ranking a layer once no channel's mean rank moved by TOL over the last 32 images "
                    "(0.2: 2.8x plain inference instead of 5.3x on ResNet-50, ~98%% of kept channels identical; "
                    "docs/CALIBRATION.md) [default: rank every image].")
@@ -89,11 +96,12 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     if (flops is None) == (params is None):
         raise click.UsageError("give exactly one of --flops or --params")
     target = Target("flops", flops) if flops is not None else Target("params", params)
+    round_to_value = AUTO_ROUND_TO if round_to == "auto" else _positive_int(round_to)
     # Every output path is checked before the (slow) compression.
     out = output_path(model, output, ".pruned.onnx", force)
     check_writable(out)
     plan_out = side_output(plan_path or out.with_suffix(".plan.json"), "--plan",
-                           [("the input model", Path(model)), ("the pruned model's path", out)], force=True)
+                           [("the input model", Path(model)), ("the pruned model's path", out)], force)
     report_out, report_fmt = None, None
     if report_path:
         report_out = side_output(report_path, "--report", [("the input model", Path(model)),
@@ -114,7 +122,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
             raise OnnxPruneError(f"{sensitivity_path}: cannot read ({exc.strerror})") from exc
     settings = Settings(
         target=target, criterion=criterion, allocation=allocation,
-        limits=Limits(max_ratio, min_channels, AUTO_ROUND_TO if round_to == "auto" else _positive_int(round_to)),
+        limits=Limits(max_ratio, min_channels, round_to_value),
         round_to_fallback=round_to == "auto",
         reconstruct=reconstruct, seed=seed, calib_batches=calib_batches, batch_size=batch_size,
         eval_images=eval_images, providers=_providers(device), rank_early_stop=rank_early_stop,

@@ -63,6 +63,8 @@ def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path
     can reach, and what blocks the rest)."""
     from onnxprune.report import ReportSettings, build_report, check_writable, render, write_text_atomic
 
+    to_stdout = output == "-"  # issue 15.5: "-o -" is standard output, not a file named "-"
+    output = None if to_stdout else output
     fmt = resolve_format(fmt, as_json, output)
     ctx = click.get_current_context()
     if summary:
@@ -76,7 +78,7 @@ def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path
         raise click.UsageError(f"got {len(models)} models: several models need --summary")
     model = models[0]
     out = None
-    if output or fmt == "html":  # checked before the (slow) report is built
+    if output or (fmt == "html" and not to_stdout):  # checked before the (slow) report is built
         out = output_path(model, output, ".report.html", force)
         check_writable(out)
     plan = read_plan(plan_path) if plan_path else None

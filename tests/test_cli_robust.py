@@ -1,0 +1,70 @@
+"""Issue 15: CLI conventions a new user relies on (one test per item; see docs/ROBUSTNESS.md)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from test_cli import digest, run_cli, small_cnn
+
+
+@pytest.fixture
+def model(tmp_path):
+    return small_cnn(tmp_path / "m.onnx")
+
+
+def test_existing_plan_needs_force(capsys, model, tmp_path):
+    """Item 4: --plan PATH is an output like -o: an existing file is replaced only with --force."""
+    plan = tmp_path / "keep.json"
+    plan.write_text("mine")
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "-o", tmp_path / "a.onnx", "--plan", plan)
+    assert code == 1 and err.strip() == f"error: {plan} exists; pass --force to overwrite it"
+    assert plan.read_text() == "mine" and not (tmp_path / "a.onnx").exists()
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "-o", tmp_path / "a.onnx", "--plan", plan, "--force")
+    assert code == 0, err
+    assert json.loads(plan.read_text())["format"] == "onnxprune.plan/1"
+
+
+def test_default_plan_beside_a_new_output_needs_force_too(capsys, model, tmp_path):
+    (tmp_path / "b.plan.json").write_text("mine")
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "-o", tmp_path / "b.onnx")
+    assert code == 1 and "b.plan.json exists; pass --force" in err
+    assert (tmp_path / "b.plan.json").read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", [["compress", "--flops", "0.3"], ["sensitivity", "--data", "d.npz"],
+                                     ["finetune", "--data", "d.npz"]])
+def test_dash_output_is_a_usage_error_not_a_file(capsys, model, tmp_path, monkeypatch, command):
+    """Item 5: `-o -` is refused for models (exit 2) and writes no file named '-'."""
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 3, 16, 16), np.float32))
+    code, _, err = run_cli(capsys, command[0], model, *command[1:], "-o", "-")
+    assert code == 2 and "'-' (standard output) is not supported" in err, err
+    assert not (tmp_path / "-").exists()
+
+
+def test_inspect_dash_output_is_stdout(capsys, model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "inspect", model, "-o", "-", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["macs"] > 0 and not (tmp_path / "-").exists()
+
+
+OUT_OF_RANGE = [
+    (["--flops", "1.5"], "--flops"), (["--flops", "0"], "--flops"), (["--flops", "1"], "--flops"),
+    (["--flops", "-0.2"], "--flops"), (["--params", "2"], "--params"), (["--flops", "0.3", "--max-ratio", "1.2"], "--max-ratio"),
+    (["--flops", "0.3", "--min-channels", "0"], "--min-channels"), (["--flops", "0.3", "--round-to", "0"], "--round-to"),
+    (["--flops", "0.3", "--batch-size", "0"], "--batch-size"), (["--flops", "0.3", "--calib-batches", "-1"], "--calib-batches"),
+]
+
+
+@pytest.mark.parametrize("args, option", OUT_OF_RANGE, ids=[" ".join(a) for a, _ in OUT_OF_RANGE])
+def test_out_of_range_values_are_usage_errors(capsys, model, tmp_path, args, option):
+    """Item 6: exit 2 with click's usage lines, nothing written, the model untouched."""
+    before = digest(model)
+    code, _, err = run_cli(capsys, "compress", model, *args)
+    assert code == 2 and f"Invalid value for {option}" in err.replace("'", ""), err
+    assert "Traceback" not in err and not (tmp_path / "m.pruned.onnx").exists() and digest(model) == before
