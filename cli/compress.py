@@ -114,6 +114,9 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
             from onnxprune.report_html import require_matplotlib
 
             require_matplotlib()
+    if sensitivity_path and allocation != "sensitivity":  # issue 15.7: never ignored silently
+        raise click.UsageError("--sensitivity FILE gives the curves of --allocation sensitivity; "
+                               "add --allocation sensitivity (or drop --sensitivity)")
     sens = None
     if sensitivity_path:
         try:

@@ -179,6 +179,16 @@ def _pick_inputs(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], s
     return {s.name: np.asarray(arrays[s.name]) for s in specs}
 
 
+def _array_notes(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], source: str) -> tuple[str, ...]:
+    """Say which array feeds an input when it is not named after it, and which arrays go unused
+    (issue 15.7): a misnamed archive must not be read silently."""
+    names = [k for k in arrays if k != LABELS_KEY or any(s.name == LABELS_KEY for s in specs)]
+    if len(specs) == 1 and len(names) == 1 and names[0] != specs[0].name:
+        return (f"input '{specs[0].name}' reads array '{names[0]}' of {source} (its only array)",)
+    unused = [k for k in names if k not in {s.name for s in specs}]
+    return (f"array(s) {', '.join(repr(k) for k in unused)} of {source} are not model inputs and were not used",) if unused else ()
+
+
 # --------------------------------------------------------------------------- datasets
 
 
@@ -192,6 +202,7 @@ class Dataset:
     specs: list[InputSpec]
     labels: np.ndarray | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    notes: tuple[str, ...] = ()  # what was read from where, where it is not obvious (issue 15.7)
 
     @property
     def num_samples(self) -> int | None:
@@ -214,6 +225,7 @@ class ArrayDataset(Dataset):
                  batch_size: int | None = None):
         self.specs = list(specs)
         self.source = source
+        self.notes = _array_notes(arrays, self.specs, source)
         arrays = _pick_inputs(arrays, self.specs, source)
         for spec in self.specs:
             _check_array(spec.name, arrays[spec.name], spec)

@@ -153,7 +153,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         raise TargetError(f"no prunable channel group in the model: {_first_blocker(analysis)}")
     criterion = settings.criterion or ("hrank" if dataset is not None else "l1")
     mode = settings.reconstruct or ("ldrf" if dataset is not None else "none")
-    _check_settings(settings, criterion, mode, dataset, evalset)
+    _check_settings(settings, criterion, mode, dataset, evalset if sensitivity is None else True)  # saved curves need no data
     stage = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
 
     calibration = None
@@ -229,6 +229,9 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     summary["round_to"] = limits.round_to
     if round_to_note:
         summary["notes"] = [round_to_note]
+    data_notes = [n for d in (dataset, evalset) if d is not None for n in d.notes]  # issue 15.7
+    if data_notes:
+        summary["notes"] = summary.get("notes", []) + data_notes
     if recon_report is not None:
         summary["reconstruction"] = {"fitted": len(recon_report.fitted), "fallback": len(recon_report.fallback),
                                      "passes": recon_report.passes}

@@ -68,3 +68,36 @@ def test_out_of_range_values_are_usage_errors(capsys, model, tmp_path, args, opt
     code, _, err = run_cli(capsys, "compress", model, *args)
     assert code == 2 and f"Invalid value for {option}" in err.replace("'", ""), err
     assert "Traceback" not in err and not (tmp_path / "m.pruned.onnx").exists() and digest(model) == before
+
+
+def test_sensitivity_file_without_sensitivity_allocation_is_refused(capsys, model, tmp_path):
+    """Item 7: --sensitivity FILE is never ignored silently."""
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32))
+    sens = tmp_path / "s.json"
+    assert run_cli(capsys, "sensitivity", model, "--data", tmp_path / "d.npz", "-o", sens, "--eval-images", "8")[0] == 0
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--sensitivity", sens)
+    assert code == 2 and "add --allocation sensitivity" in err, err
+    assert not (tmp_path / "m.pruned.onnx").exists()
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--sensitivity", sens,
+                             "--allocation", "sensitivity", "--json")
+    assert code == 0, err
+    assert json.loads(out)["sensitivity"]["evaluations"] > 0
+
+
+def test_npz_array_not_named_after_the_input_is_reported(capsys, model, tmp_path):
+    """Item 7: a lone array under another name is used and the summary says which; extra arrays
+    are named as unused; several arrays none named after the input are refused."""
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((8, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "one.npz", images=images)
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", tmp_path / "one.npz",
+                             "-o", tmp_path / "a.onnx", "--json")
+    assert code == 0, err
+    assert any("input 'x' reads array 'images'" in n for n in json.loads(out)["notes"])
+    np.savez(tmp_path / "extra.npz", x=images, mask=images)
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", tmp_path / "extra.npz",
+                             "-o", tmp_path / "b.onnx")
+    assert code == 0 and "'mask'" in out and "not model inputs" in out, out
+    np.savez(tmp_path / "two.npz", a=images, b=images)
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", tmp_path / "two.npz", "-o", tmp_path / "c.onnx")
+    assert code == 1 and err.startswith("error: input 'x' is missing from") and "(given: a, b)" in err
