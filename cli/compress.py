@@ -78,6 +78,12 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @tune_options
 @click.option("--report", "report_path", type=click.Path(),
               help="Also write the report of this run (.html, .json or .txt by extension); checked before compressing.")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Without --eval-data: the share of --data (at most --eval-images samples, spread evenly) held out of "
+                   "calibration to measure top-1, agreement and output error before and after; 0 calibrates on all.")
+@click.option("--latency-runs", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Measure the speed-up on this machine: median of N interleaved onnxruntime CPU runs of both models "
+                   "(batch 1, 1 thread); 0 skips.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, nothing printed on success.")
@@ -85,7 +91,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
              sensitivity_metric, max_ratio,
              min_channels, round_to, seed, rank_early_stop, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
              finetune_data, epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels,
-             report_path, force, as_json, quiet):
+             report_path, holdout, latency_runs, force, as_json, quiet):
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
     from onnxprune.errors import OnnxPruneError
@@ -129,7 +135,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         round_to_fallback=round_to == "auto",
         reconstruct=reconstruct, seed=seed, calib_batches=calib_batches, batch_size=batch_size,
         eval_images=eval_images, providers=_providers(device), rank_early_stop=rank_early_stop,
-        sensitivity_metric=sensitivity_metric,
+        sensitivity_metric=sensitivity_metric, holdout=holdout,
     )
     with Progress(quiet or as_json) as progress:
         result = run_compress(model, settings, parse_input_shapes(input_shapes), data=data, eval_data=eval_data,
@@ -145,10 +151,17 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
                                settings=settings_t, progress=EpochPrinter(quiet or as_json))
         result.model = tuned.model
         summary["finetune"] = {"best_epoch": tuned.best_epoch, "history": tuned.history}
-    report_text = None
+    report_text, latency = None, None
     if report_out is not None:  # built before anything is saved: a failing report leaves no model without one
-        report_text = render(build_report(model, result=result), report_fmt)
+        report = build_report(model, result=result)
+        report_text, latency = render(report, report_fmt), report.latency
         summary["report"] = str(report_out)
+    if latency_runs and latency is None:  # issue 15.13: the measured speed-up, as the report measures it
+        latency = measure_speedup(result, latency_runs)
+    if latency:
+        summary["speedup"] = {"measured": latency["speedup"], "predicted": _ratio(s=summary),
+                              "before_ms": latency["before"]["median_ms"], "after_ms": latency["after"]["median_ms"],
+                              "threads": latency["threads"], "runs": latency["runs"], "batch": latency["batch"]}
     save_model(result.model, out)
     write_bytes_atomic(plan_out, result.plan.to_json().encode())
     if report_text is not None:
@@ -159,12 +172,49 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         click.echo(format_summary(summary))
 
 
+def measure_speedup(result, runs: int) -> dict:
+    """Median latency of the original and the pruned model, interleaved, 1 thread (report.py)."""
+    from onnxprune.report import ReportSettings, measure_latency
+
+    model = result.analysis.model
+    return measure_latency(model.proto, result.model, model.input_shapes, ReportSettings(latency_runs=runs, threads=1))
+
+
+def _ratio(s: dict) -> float | None:
+    return round(s["macs_before"] / s["macs_after"], 4) if s["macs_after"] else None
+
+
 def _providers(device: str):
     if device == "cpu":
         return ("CPUExecutionProvider",)
     if device == "cuda":
         return ("CUDAExecutionProvider", "CPUExecutionProvider")
     return None  # auto
+
+
+def format_outcome(s: dict) -> list[str]:
+    """The lines that say how the pruned model does (issue 15.13): accuracy/fidelity on samples
+    not calibrated on, and the speed-up measured here."""
+    lines = []
+    ev, held = s.get("evaluation"), s.get("holdout")
+    if ev:
+        where = (f"{ev['samples']} samples held out of --data (--holdout {held['fraction']:g}, spread evenly; "
+                 f"{held['calibration_samples']} calibrated)" if ev.get("source") == "held out of data"
+                 else f"{ev['samples']} samples of --eval-data")
+        b, a = ev["before"], ev["after"]
+        parts = [f"top-1 {b['top1']:.1%} -> {a['top1']:.1%}"] if "top1" in a else []
+        parts += [f"agreement with the original {a['agreement']:.1%}"] if "agreement" in a else []
+        parts += [f"output error {a['output_error']:.3g} (relative L2)"] if a.get("output_error") is not None else []
+        lines.append(f"eval     {where}: " + ", ".join(parts) + (" (before fine-tuning)" if "finetune" in s else ""))
+    elif held is not None:
+        why = "--holdout 0" if not held["fraction"] else f"{held['calibration_samples']} samples are too few to hold some out"
+        lines.append(f"eval     not measured ({why}): give --eval-data to measure the pruned model")
+    sp = s.get("speedup")
+    if sp and sp.get("measured"):
+        lines.append(f"speed    {sp['measured']:.2f}x measured on this machine ({sp['before_ms']:.3g} -> {sp['after_ms']:.3g} ms, "
+                     f"batch {sp['batch']}, {sp['threads']} thread, median of {sp['runs']} interleaved runs); "
+                     f"MACs predict {sp['predicted']:.2f}x")
+    return lines
 
 
 def format_summary(s: dict) -> str:
@@ -193,6 +243,7 @@ def format_summary(s: dict) -> str:
         best = next((h for h in s["finetune"]["history"] if h["epoch"] == s["finetune"]["best_epoch"]), {})
         lines.append(f"tuned    best epoch {s['finetune']['best_epoch']}" +
                      (f", eval top-1 {best['eval_acc']:.4f}" if best.get("eval_acc") is not None else ""))
+    lines += format_outcome(s)
     lines += [
         f"time     {sum(seconds.values()):.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()) + ")",
         f"wrote    {s['output']} and {s['plan']}" + (f" and {s['report']}" if s.get("report") else ""),

@@ -23,6 +23,7 @@ from .plan import Plan, make_plan, plan_keep
 from .reconstruct import Compensator, reconstruct
 from .rewrite import rewrite, verify
 from .scoring import DATA_CRITERIA, collect, data_scores, observations
+from .evaluation import data_fingerprint, evaluate_pair, holdout_count, split_holdout
 from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity
 
 
@@ -50,6 +51,10 @@ class Settings:
     round_to_fallback: bool = False  # retry with round_to 1 where limits.round_to makes the target unreachable
     sensitivity_metric: str | None = None  # None: accuracy_drop with labels, else kl (classifiers) or error
     providers: tuple | None = None
+    # Issue 15.13: without eval_data, this share of data (at most eval_images samples, spread
+    # evenly) is held out of calibration to measure the result; 0 calibrates on all of it.
+    holdout: float = 0.2
+    evaluate: bool = True  # measure top-1/agreement/output error on held-out or eval data
 
 
 @dataclass
@@ -147,6 +152,10 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     """
     timer = Timer()
     model, dataset, evalset = load_inputs(source, input_shapes, data, eval_data)
+    data_samples = dataset.num_samples if dataset is not None else None
+    heldout = None
+    if dataset is not None and evalset is None:  # issue 15.13: measure on samples not calibrated on
+        dataset, heldout = split_holdout(dataset, holdout_count(data_samples, settings.holdout, settings.eval_images))
     _, analysis, cost = prepare(model)
     timer.lap("analysis")
     if not analysis.prunable_groups:
@@ -209,6 +218,14 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     if settings.verify:
         verify(model.proto, pruned, model.input_shapes, settings.seed)
         timer.lap("verify")
+    evaluation = None
+    eval_on = heldout if heldout is not None else evalset
+    if settings.evaluate and eval_on is not None:
+        if eval_on.num_samples and eval_on.num_samples > settings.eval_images:
+            eval_on = eval_on.take(settings.eval_images)
+        evaluation = evaluate_pair(model.proto, pruned, eval_on, settings.providers)
+        evaluation["source"] = "held out of data" if heldout is not None else "eval_data"
+        timer.lap("evaluation")
 
     record = {
         "target": asdict(settings.target),
@@ -221,6 +238,10 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         "calib_batches": settings.calib_batches,
         "uniform_ratio": allocation.ratio,
         "input_shapes": {k: list(v) for k, v in model.input_shapes.items()},
+        # issue 15.8/15.13: apply repeats the split and checks it reads the same calibration data
+        "holdout": heldout.num_samples if heldout is not None else 0,
+        "data_samples": data_samples,
+        "data_fingerprint": data_fingerprint(dataset) if mode != "none" else None,
     }
     predicted = _cost_dict(allocation.base, allocation.cost)
     plan = make_plan(analysis, allocation.kept, record, predicted)
@@ -232,6 +253,11 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     data_notes = [n for d in (dataset, evalset) if d is not None for n in d.notes]  # issue 15.7
     if data_notes:
         summary["notes"] = summary.get("notes", []) + data_notes
+    if heldout is not None or (dataset is not None and evalset is None):
+        summary["holdout"] = {"held_out": heldout.num_samples if heldout is not None else 0,
+                              "calibration_samples": dataset.num_samples, "fraction": settings.holdout}
+    if evaluation is not None:
+        summary["evaluation"] = evaluation
     if recon_report is not None:
         summary["reconstruction"] = {"fitted": len(recon_report.fitted), "fallback": len(recon_report.fallback),
                                      "passes": recon_report.passes}
@@ -306,15 +332,19 @@ def sensitivity_analysis(source, data, criterion: str | None = None, input_shape
     return sens, analysis
 
 
-def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=None) -> onnx.ModelProto:
+def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=None,
+               other_data: bool = False) -> onnx.ModelProto:
     """Reproduce the pruned model from a plan (byte-identical to ``compress``'s output). A plan
-    made with reconstruction needs the same calibration data to reproduce the fitted weights."""
+    made with reconstruction needs the same calibration data to reproduce the fitted weights:
+    other data raises PlanError, or with ``other_data`` only warns (``warnings.warn``)."""
     shapes = input_shapes or {k: tuple(v) for k, v in plan.settings.get("input_shapes", {}).items()} or None
     mode = plan.settings.get("reconstruct", "none")
     if mode != "none" and data is None:
         raise PlanError(f"the plan was made with reconstruction '{mode}': pass the same calibration data (--data)")
     model, dataset, _ = load_inputs(source, shapes, data if mode != "none" else None)
     _, analysis, _ = prepare(model)
+    if mode != "none":
+        dataset = _plan_data(plan, dataset, other_data)
     keep = analysis.keep_vector(plan_keep(analysis, plan))
     pruned = rewrite(analysis, keep)
     if mode != "none":
@@ -324,6 +354,27 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
     if check:
         verify(model.proto, pruned, model.input_shapes)
     return pruned
+
+
+def _plan_data(plan: Plan, dataset, other_data: bool):
+    """The calibration part of ``dataset`` as ``compress`` split it; a dataset that is not the
+    one the plan was made with raises PlanError (issue 15.8), or warns with ``other_data``."""
+    import warnings
+
+    held = plan.settings.get("holdout", 0)
+    if held and dataset.num_samples == plan.settings.get("data_samples"):
+        dataset, _ = split_holdout(dataset, held)
+    want = plan.settings.get("data_fingerprint")
+    if want is None:
+        return dataset
+    got = data_fingerprint(dataset)
+    if got != want:
+        message = (f"the data differs from the plan's calibration data (plan {want[:19]}..., data "
+                   f"{(got or 'unreadable stream')[:19]}...): the reconstructed weights will differ from compress's")
+        if not other_data:
+            raise PlanError(message + "; pass the same --data, or --force to apply anyway")
+        warnings.warn(message, stacklevel=2)
+    return dataset
 
 
 def summarise(analysis: Analysis, allocation: Allocation, criterion: str, timer: Timer) -> dict:

@@ -31,7 +31,8 @@ def test_compress_with_data_defaults_to_hrank_and_ldrf(capsys, model, tmp_path):
     assert code == 0, err
     s = json.loads(out)
     assert s["criterion"] == "hrank" and s["reconstruct"] == "ldrf" and s["flops_reduction"] >= 0.4
-    assert s["calibration"]["images"] == 48 and s["calibration"]["provider"] == "CPUExecutionProvider"
+    assert s["holdout"]["held_out"] == 9  # a fifth of 48 held out to measure the result (issue 15.13)
+    assert s["calibration"]["images"] == 48 - 9 and s["calibration"]["provider"] == "CPUExecutionProvider"
     assert s["reconstruction"]["fitted"] >= 1
     onnx.checker.check_model(onnx.load(tmp_path / "m.pruned.onnx"), full_check=True)
     # The plan reproduces the reconstructed model given the same data, and asks for it otherwise.
@@ -153,7 +154,9 @@ def test_rank_early_stop_uses_fewer_images_and_says_so(capsys, model, tmp_path):
     assert 32 <= c["rank_images"]["fewest"] <= c["rank_images"]["most"] <= 40 and c["images"] <= 40
     code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", data, "--json", "--force")
     assert code == 0 and "rank_images" not in json.loads(out)["calibration"], err
-    for bad in (["--rank-early-stop", "0"], ["--rank-early-stop", "0.1", "--criterion", "apoz"]):
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", data, "--rank-early-stop", "0")
+    assert code == 2 and "--rank-early-stop" in err  # out of range: a usage error (issue 15.6)
+    for bad in (["--rank-early-stop", "0.1", "--criterion", "apoz"],):
         code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", data, *bad, "-o", tmp_path / "x.onnx")
         assert code == 1 and "--rank-early-stop" in err and len(err.strip().splitlines()) == 1
 

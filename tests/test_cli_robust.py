@@ -91,7 +91,7 @@ def test_npz_array_not_named_after_the_input_is_reported(capsys, model, tmp_path
     images = rng.standard_normal((8, 3, 16, 16)).astype(np.float32)
     np.savez(tmp_path / "one.npz", images=images)
     code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", tmp_path / "one.npz",
-                             "-o", tmp_path / "a.onnx", "--json")
+                             "-o", tmp_path / "a.onnx", "--json", "--holdout", "0")
     assert code == 0, err
     assert any("input 'x' reads array 'images'" in n for n in json.loads(out)["notes"])
     np.savez(tmp_path / "extra.npz", x=images, mask=images)
@@ -101,3 +101,81 @@ def test_npz_array_not_named_after_the_input_is_reported(capsys, model, tmp_path
     np.savez(tmp_path / "two.npz", a=images, b=images)
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", tmp_path / "two.npz", "-o", tmp_path / "c.onnx")
     assert code == 1 and err.startswith("error: input 'x' is missing from") and "(given: a, b)" in err
+
+
+def test_apply_refuses_other_calibration_data(capsys, model, tmp_path):
+    """Item 8: the plan records the calibration data's fingerprint; apply with other data is
+    refused, and with --force warns and writes a model that differs."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((20, 3, 16, 16)).astype(np.float32))
+    np.savez(tmp_path / "e.npz", x=rng.standard_normal((20, 3, 16, 16)).astype(np.float32))
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--data", tmp_path / "d.npz", "-o", tmp_path / "a.onnx")
+    assert code == 0, err
+    plan = json.loads((tmp_path / "a.plan.json").read_text())
+    assert plan["settings"]["data_fingerprint"].startswith("sha256:") and plan["settings"]["holdout"] == 4
+    code, _, err = run_cli(capsys, "apply", model, tmp_path / "a.plan.json", "--data", tmp_path / "d.npz", "-o", tmp_path / "b.onnx")
+    assert code == 0, err
+    assert digest(tmp_path / "b.onnx") == digest(tmp_path / "a.onnx")  # same data, held-out split repeated
+    code, _, err = run_cli(capsys, "apply", model, tmp_path / "a.plan.json", "--data", tmp_path / "e.npz", "-o", tmp_path / "c.onnx")
+    assert code == 1 and "the data differs from the plan's calibration data" in err and "--force" in err, err
+    assert not (tmp_path / "c.onnx").exists()
+    code, _, err = run_cli(capsys, "apply", model, tmp_path / "a.plan.json", "--data", tmp_path / "e.npz", "-o",
+                           tmp_path / "c.onnx", "--force")
+    assert code == 0 and err.startswith("warning: the data differs"), err
+    assert digest(tmp_path / "c.onnx") != digest(tmp_path / "a.onnx")
+    onnx.checker.check_model(onnx.load(tmp_path / "c.onnx"), full_check=True)
+
+
+def _ort(path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def test_compress_evaluates_on_held_out_samples(capsys, model, tmp_path):
+    """Item 13: with --data alone, a fifth of it (spread evenly) is held out of calibration, and
+    the summary gives top-1 before/after, agreement and output error on it, plus the speed-up
+    measured here; the figures are recomputed here from the two models."""
+    from onnxprune.evaluation import holdout_indices
+
+    rng = np.random.default_rng(1)
+    x, labels = rng.standard_normal((40, 3, 16, 16)).astype(np.float32), rng.integers(0, 5, 40)
+    np.savez(tmp_path / "d.npz", x=x, labels=labels)
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.5", "--data", tmp_path / "d.npz", "-o",
+                             tmp_path / "p.onnx", "--json", "--latency-runs", "5")
+    assert code == 0, err
+    s = json.loads(out)
+    ev = s["evaluation"]
+    assert ev["samples"] == 8 and s["calibration"]["images"] == 32 and s["holdout"]["held_out"] == 8
+    held = holdout_indices(40, 8)
+    assert len(held) == 8 and len(set(held.tolist())) == 8
+    y0 = _ort(model).run(None, {"x": x[held]})[0].astype(np.float64)
+    y1 = _ort(tmp_path / "p.onnx").run(None, {"x": x[held]})[0].astype(np.float64)
+    assert ev["before"]["top1"] == pytest.approx((y0.argmax(1) == labels[held]).mean())
+    assert ev["after"]["top1"] == pytest.approx((y1.argmax(1) == labels[held]).mean())
+    assert ev["after"]["agreement"] == pytest.approx((y0.argmax(1) == y1.argmax(1)).mean())
+    err_ref = np.linalg.norm(y1 - y0) / np.linalg.norm(y0)
+    assert ev["after"]["output_error"] == pytest.approx(err_ref, rel=1e-3, abs=1e-6) and err_ref > 0
+    sp = s["speedup"]
+    assert sp["measured"] > 0 and sp["runs"] == 5 and sp["predicted"] == pytest.approx(s["macs_before"] / s["macs_after"], rel=1e-3)
+    code, text, err = run_cli(capsys, "compress", model, "--flops", "0.5", "--data", tmp_path / "d.npz", "-o",
+                              tmp_path / "p.onnx", "--force", "--latency-runs", "3")
+    assert code == 0 and "eval     8 samples held out of --data" in text and "top-1 " in text and "speed    " in text
+
+
+def test_compress_evaluates_on_eval_data_and_holdout_zero(capsys, model, tmp_path):
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((20, 3, 16, 16)).astype(np.float32))
+    np.savez(tmp_path / "v.npz", x=rng.standard_normal((6, 3, 16, 16)).astype(np.float32))
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--data", tmp_path / "d.npz", "--eval-data",
+                             tmp_path / "v.npz", "-o", tmp_path / "p.onnx", "--json", "--latency-runs", "0")
+    s = json.loads(out)
+    assert code == 0 and s["calibration"]["images"] == 20 and s["evaluation"]["samples"] == 6, err
+    assert "top1" not in s["evaluation"]["after"] and 0 <= s["evaluation"]["after"]["agreement"] <= 1
+    assert "speedup" not in s
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--data", tmp_path / "d.npz", "--holdout", "0",
+                             "-o", tmp_path / "q.onnx", "--json", "--latency-runs", "0")
+    s = json.loads(out)
+    assert code == 0 and s["calibration"]["images"] == 20 and "evaluation" not in s and s["holdout"]["held_out"] == 0

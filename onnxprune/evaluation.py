@@ -1,0 +1,117 @@
+"""What a compression did to the model's outputs, measured on samples it was not calibrated on
+(issue 15.13), and the identity of the calibration data that a plan records (issue 15.8).
+
+Without ``eval_data``, ``compress`` holds out part of ``data``: ``holdout_count`` samples (a
+fifth, at most ``max_samples``) spread evenly over the data, so that a folder of class
+sub-directories keeps every class on both sides. The rest calibrates. The split depends only on
+the number of samples, so ``apply_plan`` repeats it from the plan's record.
+
+    calib, held = split_holdout(dataset, holdout_count(dataset.num_samples, 0.2, 512))
+    evaluate_pair(original, pruned, held)   # {"before": {...}, "after": {...}, "samples": N}
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .data import ArrayDataset, Dataset, ImageFolderDataset, declared_batch
+
+MIN_SAMPLES_TO_SPLIT = 10  # fewer samples all calibrate: two held-out samples measure nothing
+
+
+def holdout_count(num_samples: int | None, fraction: float, max_samples: int) -> int:
+    """How many samples to hold out of ``num_samples`` (0 where the split is not possible)."""
+    if not fraction or num_samples is None or num_samples < MIN_SAMPLES_TO_SPLIT:
+        return 0
+    return int(min(max_samples, np.floor(num_samples * fraction)))
+
+
+def holdout_indices(num_samples: int, count: int) -> np.ndarray:
+    """``count`` indices spread evenly over ``range(num_samples)`` (deterministic)."""
+    if count <= 0:
+        return np.zeros(0, np.int64)
+    return np.unique(np.floor((np.arange(count) + 0.5) * num_samples / count).astype(np.int64))
+
+
+def subset(dataset: Dataset, indices: np.ndarray) -> Dataset:
+    """The samples at ``indices`` (in order) of an in-memory or image-folder dataset."""
+    out = copy.copy(dataset)
+    if isinstance(dataset, ArrayDataset):
+        out.arrays = {k: a[indices] for k, a in dataset.arrays.items()}
+        out._n = len(indices)
+    elif isinstance(dataset, ImageFolderDataset):
+        out.files = [dataset.files[i] for i in indices]
+    else:  # pragma: no cover - callers split only datasets of known size
+        raise TypeError(f"cannot split a {type(dataset).__name__}")
+    out.labels = None if dataset.labels is None else dataset.labels[indices]
+    return out
+
+
+def split_holdout(dataset: Dataset, count: int) -> tuple[Dataset, Dataset | None]:
+    """(calibration part, held-out part or ``None``)."""
+    if count <= 0 or not isinstance(dataset, (ArrayDataset, ImageFolderDataset)):
+        return dataset, None
+    held = holdout_indices(dataset.num_samples, count)
+    rest = np.setdiff1d(np.arange(dataset.num_samples), held)
+    return subset(dataset, rest), subset(dataset, held)
+
+
+def data_fingerprint(dataset: Dataset | None) -> str | None:
+    """sha256 of what calibration reads: the arrays' names, dtypes, shapes and bytes; for an
+    image folder the file names and bytes and the preprocessing. ``None`` for a one-shot stream
+    (reading it to hash it would consume it)."""
+    if dataset is None:
+        return None
+    h = hashlib.sha256()
+    if isinstance(dataset, ArrayDataset):
+        for name in sorted(dataset.arrays):
+            a = np.ascontiguousarray(dataset.arrays[name])
+            h.update(f"{name}|{a.dtype.str}|{a.shape}\n".encode())
+            h.update(a.tobytes())
+    elif isinstance(dataset, ImageFolderDataset):
+        h.update(json.dumps({"size": list(dataset.size), "mean": dataset.mean.tolist(), "std": dataset.std.tolist(),
+                             "order": dataset.channel_order, "crop": dataset.crop_fraction}).encode())
+        for f in dataset.files:
+            h.update(f"\n{Path(f).parent.name}/{Path(f).name}\n".encode())  # class folder and file name
+            h.update(Path(f).read_bytes())
+    else:
+        if getattr(dataset, "_one_shot", True):
+            return None
+        for feed in dataset.batches():
+            for name in sorted(feed):
+                a = np.ascontiguousarray(feed[name])
+                h.update(f"{name}|{a.dtype.str}|{a.shape}\n".encode())
+                h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def evaluate_pair(original, pruned, dataset: Dataset, providers=None) -> dict:
+    """Both models on ``dataset``, compared on their first output.
+
+    ``top1`` (with labels): argmax of the flattened output per sample against the label;
+    ``agreement``: share of positions where the pruned model's argmax over the last axis equals
+    the original's (a classifier: per sample; a sequence model: per step); ``output_error``:
+    ||after - before|| / ||before|| over all values (float64).
+    """
+    from .calibrate import run_model
+
+    batch = declared_batch(dataset.specs) or 32
+    name = original.graph.output[0].name
+    y0 = run_model(original, dataset, providers=providers, output_names=[name], batch_size=batch)[name]
+    y1 = run_model(pruned, dataset, providers=providers, output_names=[name], batch_size=batch)[name]
+    y0, y1 = y0.astype(np.float64), y1.astype(np.float64)
+    n = int(dataset.num_samples or len(y0))
+    before, after = {}, {}
+    if dataset.labels is not None and len(y0) == len(dataset.labels):
+        before["top1"] = round(float((y0.reshape(len(y0), -1).argmax(1) == dataset.labels).mean()), 6)
+        after["top1"] = round(float((y1.reshape(len(y1), -1).argmax(1) == dataset.labels).mean()), 6)
+    if y0.ndim >= 2 and y0.shape[-1] > 1:
+        after["agreement"] = round(float((y0.argmax(-1) == y1.argmax(-1)).mean()), 6)
+    norm = float(np.linalg.norm(y0))
+    after["output_error"] = round(float(np.linalg.norm(y1 - y0)) / norm, 6) if norm > 0 else None
+    return {"before": before, "after": after, "samples": n, "output": name}
