@@ -21,7 +21,6 @@ Examples:
   onnxprune compress model.onnx --flops 0.5 --data calib.npz --report model.report.html
 """
 
-AUTO_ROUND_TO = 8  # --round-to auto: onnxruntime's NCHWc block on AVX2 (docs/LATENCY.md)
 
 
 def _positive_int(text: str) -> int:
@@ -102,6 +101,8 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     if (flops is None) == (params is None):
         raise click.UsageError("give exactly one of --flops or --params")
     target = Target("flops", flops) if flops is not None else Target("params", params)
+    from onnxprune.pipeline import AUTO_ROUND_TO  # --round-to auto: the API's default too (issue 15.9)
+
     round_to_value = AUTO_ROUND_TO if round_to == "auto" else _positive_int(round_to)
     # Every output path is checked before the (slow) compression.
     out = output_path(model, output, ".pruned.onnx", force)

@@ -30,17 +30,28 @@ from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate
 RECONSTRUCT_MODES = ("none", "local", "ldrf")
 ALLOCATIONS = ("uniform", "sensitivity", "global")
 RANK_PATIENCE = 32  # images over which HRank's early stop watches the mean ranks
+# Issue 15.9: the one default of the API and the CLI (``--round-to auto``): kept channel counts in
+# multiples of onnxruntime's NCHWc block on AVX2 (docs/LATENCY.md), exact counts where that
+# cannot reach the target (``round_to_fallback``; the summary says so).
+AUTO_ROUND_TO = 8
+
+
+def auto_limits(max_ratio: float = 0.8, min_channels: int = 1) -> Limits:
+    """The limits of ``--round-to auto`` (pair them with ``round_to_fallback=True``)."""
+    return Limits(max_ratio, min_channels, AUTO_ROUND_TO)
 
 
 @dataclass(frozen=True)
 class Settings:
     """What ``compress`` does. ``None`` picks the default: criterion ``hrank`` with data, ``l1``
-    without; reconstruction ``ldrf`` with data, ``none`` without."""
+    without; reconstruction ``ldrf`` with data, ``none`` without. The defaults are the CLI's:
+    ``round_to`` auto (8, falling back to exact counts), a fifth of the data held out to measure
+    the result. ``Limits(round_to=N)`` with ``round_to_fallback=False`` is ``--round-to N``."""
 
     target: Target
     criterion: str | None = None
     allocation: str = "uniform"
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = field(default_factory=auto_limits)  # round_to "auto", as the CLI (issue 15.9)
     reconstruct: str | None = None
     seed: int = 0
     verify: bool = True
@@ -48,7 +59,7 @@ class Settings:
     batch_size: int | None = None
     eval_images: int = 512  # sensitivity evaluation images (first N of the evaluation data)
     rank_early_stop: float | None = None  # HRank early stop tolerance (rank units, patience 32 images)
-    round_to_fallback: bool = False  # retry with round_to 1 where limits.round_to makes the target unreachable
+    round_to_fallback: bool = True  # retry with round_to 1 where limits.round_to makes the target unreachable
     sensitivity_metric: str | None = None  # None: accuracy_drop with labels, else kl (classifiers) or error
     providers: tuple | None = None
     # Issue 15.13: without eval_data, this share of data (at most eval_images samples, spread

@@ -179,3 +179,29 @@ def test_compress_evaluates_on_eval_data_and_holdout_zero(capsys, model, tmp_pat
                              "-o", tmp_path / "q.onnx", "--json", "--latency-runs", "0")
     s = json.loads(out)
     assert code == 0 and s["calibration"]["images"] == 20 and "evaluation" not in s and s["holdout"]["held_out"] == 0
+
+
+def test_api_and_cli_defaults_give_the_same_model(capsys, tmp_path):
+    """Item 9: the README's API example and CLI example give the same model, data-free and with
+    data (round_to auto, the same held-out split)."""
+    from onnxprune import Settings, Target, compress, save_model
+
+    from graphs import G
+
+    g = G(7)  # groups of 16 and 32 channels: round_to 8 reaches 30%
+    a = g.cbr("x", 3, 16)
+    b = g.op("Relu", [g.op("Add", [g.bn(g.conv(g.cbr(a, 16, 16), 16, 16), 16), a])])
+    model = tmp_path / "r.onnx"
+    onnx.save(g.model(g.head(g.cbr(g.cbr(b, 16, 32, stride=2), 32, 32), 32), in_shape=(1, 3, 16, 16)), model)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((20, 3, 16, 16)).astype(np.float32))
+    for extra, name in (([], "free"), (["--data", tmp_path / "d.npz"], "data")):
+        code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", *extra, "-o", tmp_path / f"cli-{name}.onnx",
+                                 "--json", "--latency-runs", "0")
+        assert code == 0, err
+        result = compress(str(model), Settings(target=Target("flops", 0.3)),
+                          data=str(tmp_path / "d.npz") if extra else None)
+        save_model(result.model, tmp_path / f"api-{name}.onnx")
+        assert digest(tmp_path / f"api-{name}.onnx") == digest(tmp_path / f"cli-{name}.onnx")
+        s = json.loads(out)
+        assert result.summary["round_to"] == s["round_to"] == 8, s.get("notes")
