@@ -89,7 +89,7 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 def compress(model, flops, params, output, plan_path, criterion, allocation, reconstruct, sensitivity_path,
              sensitivity_metric, max_ratio,
              min_channels, round_to, seed, rank_early_stop, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
-             finetune_data, epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels,
+             finetune_data, epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, tune_holdout,
              report_path, holdout, latency_runs, force, as_json, quiet):
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
@@ -147,11 +147,14 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         from onnxprune.tune import finetune_model
 
         settings_t = tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed,
-                                   device)
+                                   device, tune_holdout)
         tuned = finetune_model(result.model, finetune_data, teacher=read_model(model), eval_data=eval_data,
                                settings=settings_t, progress=EpochPrinter(quiet or as_json))
         result.model = tuned.model
-        summary["finetune"] = {"best_epoch": tuned.best_epoch, "history": tuned.history}
+        from onnxprune.tune import describe_tuning
+
+        summary["finetune"] = {"best_epoch": tuned.best_epoch, "history": tuned.history,
+                               "outcome": describe_tuning(tuned), "eval_source": tuned.eval_source}
     report_text, latency = None, None
     if report_out is not None:  # built before anything is saved: a failing report leaves no model without one
         report = build_report(model, result=result)
@@ -241,9 +244,7 @@ def format_summary(s: dict) -> str:
         r = s["reconstruction"]
         lines.append(f"recon    {r['fitted']} consumers compensated, {r['fallback']} left plain, {r['passes']} passes")
     if "finetune" in s:
-        best = next((h for h in s["finetune"]["history"] if h["epoch"] == s["finetune"]["best_epoch"]), {})
-        lines.append(f"tuned    best epoch {s['finetune']['best_epoch']}" +
-                     (f", eval top-1 {best['eval_acc']:.4f}" if best.get("eval_acc") is not None else ""))
+        lines.append(f"tuned    {s['finetune']['outcome']}")
     lines += format_outcome(s)
     lines += [
         f"time     {sum(seconds.values()):.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()) + ")",

@@ -205,3 +205,28 @@ def test_api_and_cli_defaults_give_the_same_model(capsys, tmp_path):
         assert digest(tmp_path / f"api-{name}.onnx") == digest(tmp_path / f"cli-{name}.onnx")
         s = json.loads(out)
         assert result.summary["round_to"] == s["round_to"] == 8, s.get("notes")
+
+
+def test_finetune_that_hurts_says_so_and_keeps_the_input(capsys, model, tmp_path):
+    """Item 10: without --eval-data a tenth of the training data is held out to choose the best
+    epoch; a run that makes the model worse (SGD at lr 50) keeps the input weights and says so."""
+    pytest.importorskip("torch")  # the [torch] extra; installed in the dev environment
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "t.npz", x=rng.standard_normal((40, 3, 16, 16)).astype(np.float32), labels=rng.integers(0, 5, 40))
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.4", "-o", tmp_path / "p.onnx", "--latency-runs", "0")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "finetune", tmp_path / "p.onnx", "--data", tmp_path / "t.npz", "--teacher", model,
+                             "--epochs", "2", "--lr", "50", "--optimizer", "sgd", "--json", "-o", tmp_path / "bad.onnx")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["eval_source"] == "4 samples held out of the training data" and r["history"][0]["epoch"] == 0
+    assert r["best_epoch"] == 0 and r["outcome"].startswith("no epoch improved on the input model"), r["outcome"]
+    pruned, tuned = onnx.load(tmp_path / "p.onnx"), onnx.load(tmp_path / "bad.onnx")
+    assert [np.array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+            for a, b in zip(pruned.graph.initializer, tuned.graph.initializer)] == [True] * len(pruned.graph.initializer)
+    code, out, err = run_cli(capsys, "finetune", tmp_path / "p.onnx", "--data", tmp_path / "t.npz", "--teacher", model,
+                             "--epochs", "2", "--lr", "50", "--optimizer", "sgd", "-o", tmp_path / "bad2.onnx")
+    assert code == 0 and out.startswith("no epoch improved on the input model") and "written back unchanged" in out
+    code, out, err = run_cli(capsys, "finetune", tmp_path / "p.onnx", "--data", tmp_path / "t.npz", "--teacher", model,
+                             "--epochs", "1", "--tune-holdout", "0", "-o", tmp_path / "blind.onnx")
+    assert code == 0 and out.startswith("kept the last epoch (1) unchecked: no evaluation data"), out
