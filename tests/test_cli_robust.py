@@ -230,3 +230,17 @@ def test_finetune_that_hurts_says_so_and_keeps_the_input(capsys, model, tmp_path
     code, out, err = run_cli(capsys, "finetune", tmp_path / "p.onnx", "--data", tmp_path / "t.npz", "--teacher", model,
                              "--epochs", "1", "--tune-holdout", "0", "-o", tmp_path / "blind.onnx")
     assert code == 0 and out.startswith("kept the last epoch (1) unchecked: no evaluation data"), out
+
+
+def test_data_free_summary_warns_and_points_to_data(capsys, model, tmp_path):
+    """Item 11: the data-free summary says what it did, what to expect and how to do better."""
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--latency-runs", "0")
+    assert code == 0, err
+    note = next(line for line in out.splitlines() if line.startswith("note     data-free"))
+    assert "large accuracy loss" in note and "--data" in note and "l1" in note
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).standard_normal((12, 3, 16, 16)).astype(np.float32))
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", tmp_path / "d.npz", "-o",
+                             tmp_path / "d.onnx", "--latency-runs", "0")
+    assert code == 0 and "data-free" not in out and "eval     " in out, out
+    readme = (__import__("pathlib").Path(__file__).parents[1] / "README.md").read_text()
+    assert "```\nonnxprune compress model.onnx --flops 0.3 --data calib.npz\n```" in readme  # the first example
