@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import Progress, data_options, input_shape_option, output_path, parse_input_shapes, side_output
+from .common import Progress, data_options, image_options, input_shape_option, output_path, parse_input_shapes, side_output
 from .finetune import EpochPrinter, tune_options, tune_settings
 
 EXAMPLES_COMPRESS = """
@@ -71,6 +71,7 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
                    "(0.2: 2.8x plain inference instead of 5.3x on ResNet-50, ~98%% of kept channels identical; "
                    "docs/CALIBRATION.md) [default: rank every image].")
 @data_options
+@image_options
 @input_shape_option
 @click.option("--finetune", "finetune_data", type=click.Path(),
               help="Fine-tune the pruned model on this data (needs the [torch] extra), distilling from MODEL.")
@@ -90,7 +91,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
              sensitivity_metric, max_ratio,
              min_channels, round_to, seed, rank_early_stop, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
              finetune_data, epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, tune_holdout,
-             report_path, holdout, latency_runs, force, as_json, quiet):
+             report_path, holdout, latency_runs, force, as_json, quiet, with_images):
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
     from onnxprune.errors import OnnxPruneError
@@ -138,6 +139,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         eval_images=eval_images, providers=_providers(device), rank_early_stop=rank_early_stop,
         sensitivity_metric=sensitivity_metric, holdout=holdout,
     )
+    data, eval_data, finetune_data = with_images(data), with_images(eval_data), with_images(finetune_data)
     with Progress(quiet or as_json) as progress:
         result = run_compress(model, settings, parse_input_shapes(input_shapes), data=data, eval_data=eval_data,
                               sensitivity=sens, progress=progress)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .common import output_path
+from .common import image_options, output_path
 
 EXAMPLES = """
 \b
@@ -66,6 +66,7 @@ class EpochPrinter:
 @click.option("--data", required=True, type=click.Path(), help="Training data (.npz/.npy/images); labels optional.")
 @click.option("--teacher", type=click.Path(), help="The original model to distil from.")
 @click.option("--eval-data", type=click.Path(), help="Evaluation data: the best epoch is kept.")
+@image_options
 @click.option("-o", "--output", type=click.Path(), help="Output [default: MODEL.tuned.onnx].")
 @tune_options
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -74,7 +75,7 @@ class EpochPrinter:
 @click.option("--json", "as_json", is_flag=True, help="Print the history as JSON.")
 @click.option("-q", "--quiet", is_flag=True)
 def finetune(model, data, teacher, eval_data, output, epochs, lr, optimizer, tune_batch_size, temperature, alpha,
-             augment, no_labels, tune_holdout, seed, device, force, as_json, quiet):
+             augment, no_labels, tune_holdout, seed, device, force, as_json, quiet, with_images):
     """Fine-tune MODEL with labels and/or distillation from --teacher; write the weights back to ONNX."""
     from onnxprune.graph import read_model, save_model
     from onnxprune.tune import describe_tuning, finetune_model
@@ -82,6 +83,7 @@ def finetune(model, data, teacher, eval_data, output, epochs, lr, optimizer, tun
     out = output_path(model, output, ".tuned.onnx", force)
     settings = tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed, device,
                              tune_holdout)
+    data, eval_data = with_images(data), with_images(eval_data)
     result = finetune_model(read_model(model), data, teacher=read_model(teacher) if teacher else None,
                             eval_data=eval_data, settings=settings, progress=EpochPrinter(quiet or as_json))
     save_model(result.model, out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import input_shape_option, output_path, parse_input_shapes, read_plan, same_path
+from .common import image_options, input_shape_option, output_path, parse_input_shapes, read_plan, same_path
 
 SUMMARY_FORMAT = "onnxprune.coverage/1"
 
@@ -45,6 +45,7 @@ Examples:
 @click.option("--data", type=click.Path(),
               help="Calibration data (.npz/.npy/images): score distributions per group (HRank by default) and "
                    "recommended safe ratios.")
+@image_options
 @click.option("--criterion", type=click.Choice(DATA_FREE_CRITERIA + DATA_CRITERIA),
               help="Add each group's distribution of these channel scores, with recommended ratios.")
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(),
@@ -56,7 +57,7 @@ Examples:
 @input_shape_option
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path, data, criterion, sensitivity_path, runs,
-            threads, input_shapes, force):
+            threads, input_shapes, force, with_images):
     """Per-layer MACs/params, the channel groups, and every blocked group with its reason.
 
     With --summary: the coverage of one or several models (what share of their MACs pruning
@@ -87,7 +88,7 @@ def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path
     if criterion in DATA_CRITERIA and data is None:
         raise click.UsageError(f"--criterion {criterion} scores feature maps: give --data")
     report = build_report(model, plan=plan, input_shapes=parse_input_shapes(input_shapes), criterion=criterion,
-                          sensitivity=sensitivity, settings=settings, data=data)
+                          sensitivity=sensitivity, settings=settings, data=with_images(data))
     text = render(report, fmt)
     if out is None:
         click.echo(text, nl=False)

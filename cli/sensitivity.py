@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .common import Progress, input_shape_option, output_path, parse_input_shapes
+from .common import Progress, image_options, input_shape_option, output_path, parse_input_shapes
 
 
 @click.command(epilog="""
@@ -16,6 +16,7 @@ Examples:
 """)
 @click.argument("model", type=click.Path())
 @click.option("--data", required=True, type=click.Path(), help="Evaluation data (.npz/.npy/images); labels give accuracy drop.")
+@image_options
 @click.option("-o", "--output", type=click.Path(), help="Curves JSON [default: MODEL.sensitivity.json].")
 @click.option("--plot", type=click.Path(), help="Also write a PNG of the curves.")
 @click.option("--criterion", type=click.Choice(["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]),
@@ -32,7 +33,7 @@ Examples:
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def sensitivity(model, data, output, plot, criterion, eval_images, metric, reconstruct, device, input_shapes, force, as_json, quiet):
+def sensitivity(model, data, output, plot, criterion, eval_images, metric, reconstruct, device, input_shapes, force, as_json, quiet, with_images):
     """Prune each channel group alone at 10%..90% and measure the damage on the data."""
     from onnxprune.graph import write_bytes_atomic
     from onnxprune.pipeline import sensitivity_analysis
@@ -42,7 +43,7 @@ def sensitivity(model, data, output, plot, criterion, eval_images, metric, recon
 
     out = output_path(model, output, ".sensitivity.json", force)
     with Progress(quiet or as_json) as progress:
-        sens, _ = sensitivity_analysis(model, data, criterion, parse_input_shapes(input_shapes), eval_images,
+        sens, _ = sensitivity_analysis(model, with_images(data), criterion, parse_input_shapes(input_shapes), eval_images,
                                        progress=progress, providers=_providers(device), reconstruct=reconstruct, metric=metric)
     write_bytes_atomic(out, sens.to_json().encode())
     if plot:

@@ -38,6 +38,7 @@ __all__ = [
     "ArrayDataset",
     "Dataset",
     "ImageFolderDataset",
+    "ImageSource",
     "InputSpec",
     "IterableDataset",
     "input_specs",
@@ -429,6 +430,27 @@ def _resize_and_crop(img, size: tuple[int, int], crop_fraction: float):
 # --------------------------------------------------------------------------- loading
 
 
+@dataclass(frozen=True)
+class ImageSource:
+    """An image directory with its preprocessing (the CLI's ``--input-size``, ``--mean``,
+    ``--std``, ``--channel-order``, ``--crop-fraction``; issue 15.12). ``load_data`` reads it like
+    the bare path with these keyword arguments; given for a file instead of a directory, it is
+    refused rather than ignored. ``mean``/``std`` are in [0, 1] pixel units."""
+
+    path: str
+    input_size: int | tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channel_order: str = "RGB"
+    crop_fraction: float = CROP_FRACTION
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def is_default(self) -> bool:
+        return self == ImageSource(self.path)
+
+
 def load_data(
     source,
     specs: Sequence[InputSpec],
@@ -454,6 +476,12 @@ def load_data(
     specs = list(specs)
     if not specs:
         raise DataError("the model has no inputs to feed")
+    if isinstance(source, ImageSource):  # issue 15.12: preprocessing given with the path
+        if not source.is_default() and not Path(source.path).is_dir():
+            raise DataError(f"'{source.path}' is not an image directory: --input-size, --mean, --std, --channel-order "
+                            "and --crop-fraction apply to image directories only")
+        input_size, mean, std = source.input_size, source.mean, source.std
+        channel_order, crop_fraction, source = source.channel_order, source.crop_fraction, source.path
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
@@ -548,7 +576,7 @@ def _image_size(spec: InputSpec, input_size) -> tuple[int, int]:
     h, w = spec.static_dim(2), spec.static_dim(3)
     if h is None or w is None:
         raise DataError(
-            f"input '{spec.name}' has a symbolic height or width {spec.shape_text()}; give input_size"
+            f"input '{spec.name}' has a symbolic height or width {spec.shape_text()}; give input_size (--input-size H,W)"
         )
     return h, w
 

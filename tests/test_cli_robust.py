@@ -244,3 +244,66 @@ def test_data_free_summary_warns_and_points_to_data(capsys, model, tmp_path):
     assert code == 0 and "data-free" not in out and "eval     " in out, out
     readme = (__import__("pathlib").Path(__file__).parents[1] / "README.md").read_text()
     assert "```\nonnxprune compress model.onnx --flops 0.3 --data calib.npz\n```" in readme  # the first example
+
+
+def _image_folder(root, classes=2, per_class=6, size=(20, 24)):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+PRE = ["--input-size", "16", "--mean", "imagenet", "--std", "0.25", "--channel-order", "BGR", "--crop-fraction", "1"]
+
+
+def test_image_preprocessing_options_on_every_command(capsys, tmp_path):
+    """Item 12: every command that reads data takes the image preprocessing options; a model with
+    a symbolic height and width needs --input-size; on an array file they are refused, not ignored."""
+    from test_inputs import nchw
+
+    model = tmp_path / "s.onnx"
+    onnx.save(nchw("N", h="H", w="W"), model)
+    images = _image_folder(tmp_path / "img")
+    np.savez(tmp_path / "a.npz", x=np.zeros((4, 3, 16, 16), np.float32))
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", images, "-o", tmp_path / "x.onnx")
+    assert code == 1 and "give input_size (--input-size H,W)" in err, err
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--data", images, *PRE, "-o", tmp_path / "p.onnx",
+                             "--json", "--latency-runs", "0")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["calibration"]["images"] == 10 and s["evaluation"]["samples"] == 2 and "top1" in s["evaluation"]["after"]
+    runs = {
+        "apply": ["apply", model, tmp_path / "p.plan.json", "--data", images, *PRE, "-o", tmp_path / "q.onnx"],
+        "evaluate": ["evaluate", tmp_path / "p.onnx", "--data", images, *PRE, "--reference", model],
+        "sensitivity": ["sensitivity", model, "--data", images, *PRE, "-o", tmp_path / "s.json", "--eval-images", "4"],
+        "inspect": ["inspect", model, "--data", images, *PRE, "--input-shape", "x:1,3,16,16", "--format", "json"],
+        "finetune": ["finetune", tmp_path / "p.onnx", "--data", images, *PRE, "--teacher", model, "--epochs", "1",
+                     "-o", tmp_path / "t.onnx"],
+    }
+    for name, args in runs.items():
+        code, _, err = run_cli(capsys, *args)
+        assert code == 0, (name, err)
+        i = args.index("--data") + 1
+        bad = [*args[:i], tmp_path / "a.npz", *args[i + 1:]]
+        code, _, err = run_cli(capsys, *bad, *([] if name == "evaluate" else ["--force"]))
+        assert code == 1 and "apply to image directories only" in err, (name, err)
+    assert digest(tmp_path / "q.onnx") == digest(tmp_path / "p.onnx")  # apply read the images as compress did
+
+
+def test_image_preprocessing_values(tmp_path):
+    """The options reach load_data: BGR order, centre crop, (x/255 - mean) / std per channel."""
+    from PIL import Image
+
+    from onnxprune.data import ImageSource, input_specs, load_data
+    from test_inputs import nchw
+
+    images = _image_folder(tmp_path / "img", classes=1, per_class=1, size=(16, 20))
+    src = ImageSource(str(images), 16, (0.485, 0.456, 0.406), (0.25,), "BGR", 1.0)
+    x = next(load_data(src, input_specs(nchw("N", h="H", w="W"))).batches())["x"][0]
+    pixels = np.asarray(Image.open(images / "c0" / "0.png"))[:, 2:18, ::-1].transpose(2, 0, 1) / 255.0
+    mean = np.array([0.485, 0.456, 0.406])[:, None, None]
+    np.testing.assert_allclose(x, (pixels - mean) / 0.25, atol=1e-5)
