@@ -84,6 +84,11 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--latency-runs", type=click.IntRange(min=0), default=20, show_default=True,
               help="Measure the speed-up on this machine: median of N interleaved onnxruntime CPU runs of both models "
                    "(batch 1, 1 thread); 0 skips.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Keep every output channel of the layers whose node name or weight name matches this glob "
+                   "(repeatable), e.g. --exclude 'head.*' --exclude '/stem/conv/Conv'; their groups are not pruned.")
+@click.option("--dry-run", is_flag=True, help="Print the allocation (channels kept per group) and the predicted "
+              "cost, and write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, nothing printed on success.")
@@ -91,7 +96,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
              sensitivity_metric, max_ratio,
              min_channels, round_to, seed, rank_early_stop, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
              finetune_data, epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, tune_holdout,
-             report_path, holdout, latency_runs, force, as_json, quiet, with_images):
+             report_path, holdout, latency_runs, exclude, dry_run, force, as_json, quiet, with_images):
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
     from onnxprune.errors import OnnxPruneError
@@ -105,11 +110,13 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     from onnxprune.pipeline import AUTO_ROUND_TO  # --round-to auto: the API's default too (issue 15.9)
 
     round_to_value = AUTO_ROUND_TO if round_to == "auto" else _positive_int(round_to)
+    if dry_run and (report_path or finetune_data):  # issue 15.14
+        raise click.UsageError("--dry-run writes nothing and builds no model: drop --report and --finetune")
     # Every output path is checked before the (slow) compression.
-    out = output_path(model, output, ".pruned.onnx", force)
+    out = output_path(model, output, ".pruned.onnx", force or dry_run)
     check_writable(out)
     plan_out = side_output(plan_path or out.with_suffix(".plan.json"), "--plan",
-                           [("the input model", Path(model)), ("the pruned model's path", out)], force)
+                           [("the input model", Path(model)), ("the pruned model's path", out)], force or dry_run)
     report_out, report_fmt = None, None
     if report_path:
         report_out = side_output(report_path, "--report", [("the input model", Path(model)),
@@ -137,13 +144,18 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         round_to_fallback=round_to == "auto",
         reconstruct=reconstruct, seed=seed, calib_batches=calib_batches, batch_size=batch_size,
         eval_images=eval_images, providers=_providers(device), rank_early_stop=rank_early_stop,
-        sensitivity_metric=sensitivity_metric, holdout=holdout,
+        sensitivity_metric=sensitivity_metric, holdout=holdout, exclude=tuple(exclude), dry_run=dry_run,
     )
     data, eval_data, finetune_data = with_images(data), with_images(eval_data), with_images(finetune_data)
     with Progress(quiet or as_json) as progress:
         result = run_compress(model, settings, parse_input_shapes(input_shapes), data=data, eval_data=eval_data,
                               sensitivity=sens, progress=progress)
     summary = {**result.summary, "output": str(out), "plan": str(plan_out)}
+    if dry_run:
+        summary["dry_run"] = True
+        summary["allocation_groups"] = allocation_rows(result)
+        click.echo(json.dumps(summary, indent=1) if as_json else format_dry_run(summary))
+        return
     if finetune_data:
         from onnxprune.graph import read_model
         from onnxprune.tune import finetune_model
@@ -196,6 +208,26 @@ def _providers(device: str):
     if device == "cuda":
         return ("CUDAExecutionProvider", "CPUExecutionProvider")
     return None  # auto
+
+
+def allocation_rows(result) -> list[dict]:
+    """Channels kept per prunable group, as the plan would record them (largest cut first)."""
+    groups = result.analysis.groups
+    rows = [{"group": gid, "name": groups[gid].name, "channels": groups[gid].size, "kept": int(len(kept))}
+            for gid, kept in result.allocation.kept.items()]
+    rows += [{"group": g.id, "name": g.name, "channels": g.size, "kept": g.size, "blocked": g.blocked[0]}
+             for g in groups if any("--exclude" in b for b in g.blocked)]
+    return sorted(rows, key=lambda r: (r["kept"] / r["channels"], r["group"]))
+
+
+def format_dry_run(s: dict) -> str:
+    lines = ["dry run: nothing written (without --dry-run: " + s["output"] + " and " + s["plan"] + ")",
+             f"{'group':>5}  {'name':<40} {'channels':>8} {'kept':>6}"]
+    for r in s["allocation_groups"]:
+        lines.append(f"{r['group']:>5}  {r['name'][:40]:<40} {r['channels']:>8} {r['kept']:>6}" +
+                     (f"  ({r['blocked']})" if r.get("blocked") else ""))
+    summary = format_summary({**s, "output": "", "plan": ""}).splitlines()
+    return "\n".join(lines + [line for line in summary if not line.startswith(("wrote", "time"))])
 
 
 def format_outcome(s: dict) -> list[str]:

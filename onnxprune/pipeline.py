@@ -23,6 +23,7 @@ from .plan import Plan, make_plan, plan_keep
 from .reconstruct import Compensator, reconstruct
 from .rewrite import rewrite, verify
 from .scoring import DATA_CRITERIA, collect, data_scores, observations
+from .exclude import exclude_groups
 from .evaluation import data_fingerprint, evaluate_pair, holdout_count, split_holdout
 from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity
 
@@ -73,6 +74,8 @@ class Settings:
     # evenly) is held out of calibration to measure the result; 0 calibrates on all of it.
     holdout: float = 0.2
     evaluate: bool = True  # measure top-1/agreement/output error on held-out or eval data
+    exclude: tuple[str, ...] = ()  # issue 15.14: globs on node/weight names whose output channels all stay
+    dry_run: bool = False  # issue 15.14: stop after the allocation (Result.model is None)
 
 
 @dataclass
@@ -175,6 +178,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     if dataset is not None and evalset is None:  # issue 15.13: measure on samples not calibrated on
         dataset, heldout = split_holdout(dataset, holdout_count(data_samples, settings.holdout, settings.eval_images))
     _, analysis, cost = prepare(model)
+    excluded = exclude_groups(analysis, settings.exclude)  # before the check: excluding everything is an error too
     timer.lap("analysis")
     if not analysis.prunable_groups:
         raise TargetError(f"no prunable channel group in the model: {_first_blocker(analysis)}")
@@ -225,20 +229,20 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         allocation = allocate(limits)
     timer.lap("allocation")
 
-    pruned = rewrite(analysis, allocation.keep)
+    pruned = None if settings.dry_run else rewrite(analysis, allocation.keep)
     timer.lap("rewrite")
     recon_report = None
-    if mode != "none":
+    if mode != "none" and pruned is not None:
         batches = _Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches)
         pruned, recon_report = reconstruct(analysis, allocation.keep, pruned, batches, mode=mode, seed=settings.seed,
                                            progress=stage("reconstruction"))
         timer.lap("reconstruction")
-    if settings.verify:
+    if settings.verify and pruned is not None:
         verify(model.proto, pruned, model.input_shapes, settings.seed)
         timer.lap("verify")
     evaluation = None
     eval_on = heldout if heldout is not None else evalset
-    if settings.evaluate and eval_on is not None:
+    if settings.evaluate and eval_on is not None and pruned is not None:
         if eval_on.num_samples and eval_on.num_samples > settings.eval_images:
             eval_on = eval_on.take(settings.eval_images)
         evaluation = evaluate_pair(model.proto, pruned, eval_on, settings.providers)
@@ -257,6 +261,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         "uniform_ratio": allocation.ratio,
         "input_shapes": {k: list(v) for k, v in model.input_shapes.items()},
         # issue 15.8/15.13: apply repeats the split and checks it reads the same calibration data
+        "exclude": list(settings.exclude),
         "holdout": heldout.num_samples if heldout is not None else 0,
         "data_samples": data_samples,
         "data_fingerprint": data_fingerprint(dataset) if mode != "none" else None,
@@ -278,6 +283,8 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
                               "calibration_samples": dataset.num_samples, "fraction": settings.holdout}
     if evaluation is not None:
         summary["evaluation"] = evaluation
+    if excluded:
+        summary["excluded"] = {p: [analysis.groups[g].name for g in gids] for p, gids in excluded.items()}
     if recon_report is not None:
         summary["reconstruction"] = {"fitted": len(recon_report.fitted), "fallback": len(recon_report.fallback),
                                      "passes": recon_report.passes}

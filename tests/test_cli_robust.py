@@ -307,3 +307,51 @@ def test_image_preprocessing_values(tmp_path):
     pixels = np.asarray(Image.open(images / "c0" / "0.png"))[:, 2:18, ::-1].transpose(2, 0, 1) / 255.0
     mean = np.array([0.485, 0.456, 0.406])[:, None, None]
     np.testing.assert_allclose(x, (pixels - mean) / 0.25, atol=1e-5)
+
+
+def _weights(path):
+    return {t.name: tuple(t.dims) for t in onnx.load(path).graph.initializer}
+
+
+def test_exclude_keeps_the_layers_output_channels(capsys, model, tmp_path):
+    """Item 14: --exclude (node or weight name glob, repeatable) keeps those layers' output
+    channels; the rest meets the target; apply reproduces the model from the plan."""
+    original = _weights(model)
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--exclude", "Conv4*", "--exclude", "w51",
+                             "-o", tmp_path / "p.onnx", "--json", "--latency-runs", "0")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["excluded"] == {"Conv4*": ["Conv4+Conv28", "Conv42"], "w51": ["Conv54"]} and s["flops_reduction"] >= 0.3
+    pruned = _weights(tmp_path / "p.onnx")
+    for w in ("w1", "w39", "w51"):  # Conv4, Conv42 and Conv54 keep every output channel
+        assert pruned[w][0] == original[w][0]
+    assert pruned["w13"][0] < original["w13"][0]  # Conv16, not excluded, carries the cut
+    assert json.loads((tmp_path / "p.plan.json").read_text())["settings"]["exclude"] == ["Conv4*", "w51"]
+    code, _, err = run_cli(capsys, "apply", model, tmp_path / "p.plan.json", "-o", tmp_path / "q.onnx")
+    assert code == 0 and digest(tmp_path / "q.onnx") == digest(tmp_path / "p.onnx"), err
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--exclude", "conv4*", "-o", tmp_path / "x.onnx")
+    assert code == 1 and err.startswith("error: --exclude 'conv4*' matches no node or weight name"), err
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--exclude", "*", "-o", tmp_path / "x.onnx")
+    assert code == 1 and "no prunable channel group" in err and "excluded by --exclude '*'" in err, err
+
+
+def test_dry_run_prints_the_allocation_and_writes_nothing(capsys, model, tmp_path):
+    (tmp_path / "m.pruned.onnx").write_bytes(b"old")  # no --force needed: nothing is written
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--dry-run", "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["dry_run"] and sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (tmp_path / "m.pruned.onnx").read_bytes() == b"old"
+    code, text, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--dry-run")
+    assert code == 0 and text.startswith("dry run: nothing written") and "MACs" in text and "wrote" not in text
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "-o", tmp_path / "real.onnx", "--json",
+                             "--latency-runs", "0")
+    real = json.loads(out)
+    assert (real["macs_after"], real["params_after"]) == (s["macs_after"], s["params_after"])  # the prediction holds
+    kept = {r["name"]: r["kept"] for r in s["allocation_groups"]}
+    plan = json.loads((tmp_path / "real.plan.json").read_text())
+    assert sum(kept.values()) == sum(r["channels"] for r in s["allocation_groups"]) - real["channels"]["removed"]
+    assert plan["predicted"]["macs_after"] == s["macs_after"]
+    code, _, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--dry-run", "--report", tmp_path / "r.json")
+    assert code == 2 and "--dry-run writes nothing" in err
