@@ -13,8 +13,10 @@ from .finetune import EpochPrinter, tune_options, tune_settings
 EXAMPLES_COMPRESS = """
 \b
 Examples:
-  onnxprune compress model.onnx --flops 0.3                       # data-free (L1 norms)
-  onnxprune compress model.onnx --flops 0.5 --data calib.npz      # HRank + LDRF reconstruction
+  onnxprune compress model.onnx --flops 0.5 --data calib.npz      # HRank + LDRF reconstruction, measured
+  onnxprune compress model.onnx --flops 0.5 --data images/ --mean imagenet --std imagenet
+  onnxprune compress model.onnx --flops 0.3                       # data-free (L1): large accuracy loss
+  onnxprune compress model.onnx --flops 0.5 --exclude 'head*' --dry-run   # allocation only, nothing written
   onnxprune compress model.onnx --flops 0.5 --data calib.npz --allocation sensitivity --eval-data val.npz
   onnxprune compress model.onnx --params 0.5 --round-to 16 -o small.onnx --json
   onnxprune compress model.onnx --flops 0.3 --input-shape input:1,3,320,320
@@ -62,14 +64,15 @@ CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn
 @click.option("--round-to", default="auto", show_default=True, metavar="N|auto",
               help="Kept channel counts are multiples of N where a group has at least N channels. onnxruntime's CPU "
                    "convolutions leave their fast blocked (NCHWc) kernels for other counts: with 1, pruned models "
-                   "ran at 0.46-0.50x of the FLOPs-predicted speed-up (some slower than the original), with 8 at "
-                   "0.73-0.76x, with 16 at 0.91-0.99x (docs/LATENCY.md, AVX-512 CPU). auto: 8, or exact counts (1) where 8 cannot reach "
-                   "the target (small models; the summary says so). 16 suits AVX-512 servers.")
+                   "ran at 0.46-0.67x of the FLOPs-predicted speed-up (7 of 12 slower than the original at batch 16), "
+                   "with 8 at 0.70-0.89x, with 16 at 0.87-0.97x (docs/LATENCY.md, geometric means over models and "
+                   "targets). auto: 8, or exact counts (1) where 8 cannot reach the target (small models; the summary "
+                   "says so). 16 suits AVX-512 servers.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
 @click.option("--rank-early-stop", type=click.FloatRange(0, min_open=True), metavar="TOL",
               help="HRank: stop ranking a layer once no channel's mean rank moved by TOL over the last 32 images "
-                   "(0.2: 2.8x plain inference instead of 5.3x on ResNet-50, ~98%% of kept channels identical; "
-                   "docs/CALIBRATION.md) [default: rank every image].")
+                   "(0.2: 3.2x plain inference instead of 6.5x for exact ranks on ResNet-50, 98.1% of kept channels "
+                   "identical; docs/CALIBRATION.md) [default: rank every image].")
 @data_options
 @image_options
 @input_shape_option

@@ -54,7 +54,10 @@ def sensitivity(model, data, output, plot, criterion, eval_images, metric, recon
     click.echo(f"{len(sens.curves)} groups x {len(sens.ratios)} ratios = {sens.evaluations} evaluations in "
                f"{sens.seconds:.1f} s; metric {sens.metric}"
                + ("; after local reconstruction" if sens.compensated else "; plain removal"))
-    click.echo(f"{'group':>5}  {'name':<40} " + " ".join(f"{r:>6.0%}" for r in sens.ratios))
+    from onnxprune.labels import damage_text, distinct_labels
+
+    labels = distinct_labels({gid: sens.names.get(gid, "") or str(gid) for gid in sens.curves}, 40)  # issue 15.15
+    click.echo(f"{'group':>5}  {'name':<40} " + " ".join(f"{r:>7.0%}" for r in sens.ratios))
     for gid, curve in sens.curves.items():
-        click.echo(f"{gid:>5}  {sens.names.get(gid, '')[-40:]:<40} " + " ".join(f"{v:>6.2g}" for v in curve))
+        click.echo(f"{gid:>5}  {labels[gid]:<40} " + " ".join(f"{damage_text(v, sens.metric):>7}" for v in curve))
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))

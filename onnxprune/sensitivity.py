@@ -413,16 +413,21 @@ def plot_sensitivity(sens: Sensitivity, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
-    for gid, curve in sorted(sens.curves.items()):
-        ax.plot(sens.ratios, curve, marker=".", linewidth=1, label=f"{gid}: {sens.names.get(gid, '')[:28]}")
+    from .labels import distinct_labels, line_styles
+
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110)
+    curves = sorted(sens.curves.items())
+    # Issue 15.15: labels that differ (not the names' shared first characters), no repeated colour.
+    labels = distinct_labels({gid: sens.names.get(gid, "") or str(gid) for gid, _ in curves}, 30)
+    for (gid, curve), (colour, style) in zip(curves, line_styles(len(curves))):
+        ax.plot(sens.ratios, curve, marker=".", linewidth=1, color=colour, linestyle=style, label=f"{gid}: {labels[gid]}")
     ax.set_xlabel("share of the group's channels removed")
     ax.set_ylabel({"accuracy_drop": "top-1 accuracy drop", "kl": "KL divergence to the original",
                    "error": "normalised output error", "disagreement": "top-1 disagreement"}.get(sens.metric, sens.metric))
     ax.set_title(f"Sensitivity per channel group ({sens.criterion} order)")
     ax.grid(alpha=0.3)
-    if len(sens.curves) <= 24:
-        ax.legend(fontsize=6, ncol=2, loc="upper left")
+    if len(sens.curves) <= 40:
+        ax.legend(fontsize=6, ncol=1 + len(sens.curves) // 21, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     from io import BytesIO
 

@@ -355,3 +355,129 @@ def test_dry_run_prints_the_allocation_and_writes_nothing(capsys, model, tmp_pat
     assert plan["predicted"]["macs_after"] == s["macs_after"]
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--dry-run", "--report", tmp_path / "r.json")
     assert code == 2 and "--dry-run writes nothing" in err
+
+
+# --------------------------------------------------------------------------- item 15: readability
+
+MOBILENET_NAMES = {i: f"/features/features.{i}/conv/conv.0/conv.0.0/Conv+/features/features.{i}/conv/conv.1/conv.1.0/Conv"
+                   for i in range(1, 18)}
+
+
+def test_labels_are_distinct_and_cut_at_separators():
+    from onnxprune.labels import damage_text, distinct_labels, line_styles, simplify
+
+    labels = distinct_labels(MOBILENET_NAMES, 28)
+    assert len(set(labels.values())) == 17 and all(len(v) <= 28 for v in labels.values())
+    assert labels[3] == "features.3/conv.0.0/Conv +1"
+    long = {1: "/model/backbone/stage1/block3/conv_expand/Conv", 2: "/model/backbone/stage1/block3/conv_project/Conv"}
+    short = distinct_labels(long, 20)
+    assert short == {1: "conv_expand/Conv", 2: "conv_project/Conv"}  # shared path dropped, whole segments
+    cut = distinct_labels({1: "a/b/very_long_segment_name/conv_expand/Conv", 2: "a/c/x/conv_project/Conv"}, 20)
+    assert cut == {1: "b/\u2026conv_expand/Conv", 2: "c/\u2026conv_project/Conv"}, cut  # never cut mid-word
+    for label in short.values():
+        assert label.lstrip("\u2026") in simplify(long[1]) or label.lstrip("\u2026") in simplify(long[2])
+    assert len(set(line_styles(60))) == 60
+    assert damage_text(1.5e-08, "kl") == "0.0000" and damage_text(0.0123, "accuracy_drop") == "1.2%"
+
+
+def _named_model(path, groups=18):
+    """A chain of convs named like a PyTorch export of MobileNetV2 (shared prefixes)."""
+    from graphs import G
+
+    g = G(5)
+    x, c = "x", 3
+    for i in range(groups):
+        x = g.op("Relu", [g.conv(x, c, 8)])
+        c = 8
+    m = g.model(g.head(x, 8), in_shape=(1, 3, 8, 8))
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    for i, n in enumerate(convs):
+        n.name = f"/features/features.{i}/conv/conv.0/conv.0.0/Conv"
+    onnx.save(m, path)
+    return path
+
+
+def test_sensitivity_table_and_plot_are_readable(capsys, tmp_path):
+    model = _named_model(tmp_path / "mb.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    code, out, err = run_cli(capsys, "sensitivity", model, "--data", tmp_path / "d.npz", "-o", tmp_path / "s.json",
+                             "--plot", tmp_path / "s.png", "--eval-images", "8", "--metric", "kl")
+    assert code == 0, err
+    rows = [line for line in out.splitlines()[2:] if line[:5].strip().isdigit()]
+    names = [line[7:47].strip() for line in rows]
+    assert len(rows) >= 17 and len(set(names)) == len(names), out
+    assert all(n.startswith("features.") and n.endswith("conv.0.0/Conv") for n in names), names
+    assert "e-0" not in out and "e+0" not in out
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sensitivity_plot_legend_distinct(tmp_path, monkeypatch):
+    """The plot's legend: one distinct label and one distinct (colour, style) per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from onnxprune.sensitivity import Sensitivity, plot_sensitivity
+
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
+    sens = Sensitivity(fingerprint="f", criterion="l1", metric="kl", ratios=[0.1, 0.5, 0.9],
+                       curves={i: [0.0, 0.1 * i, 0.2 * i] for i in MOBILENET_NAMES}, names=MOBILENET_NAMES,
+                       keys={i: [] for i in MOBILENET_NAMES},
+                       evaluations=51, seconds=1.0)
+    plot_sensitivity(sens, tmp_path / "p.png")
+    lines = figures[0].axes[0].get_lines()
+    assert len({line.get_label() for line in lines}) == 17
+    assert len({(tuple(matplotlib.colors.to_rgba(line.get_color())), line.get_linestyle()) for line in lines}) == 17
+    assert all(len(line.get_label()) <= 34 and "features." in line.get_label() for line in lines)
+
+
+def test_help_has_no_literal_percent_and_figures_match_docs(capsys):
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).parents[1] / "docs"
+    texts = {}
+    for command in ("compress", "apply", "inspect", "sensitivity", "evaluate", "finetune"):
+        code, out, _ = run_cli(capsys, command, "--help")
+        assert code == 0 and "%%" not in out, command
+        texts[command] = " ".join(out.split())
+    assert "Examples:" in texts["apply"] and "onnxprune apply model.onnx" in texts["apply"]
+    effs = {}
+    for row in (docs / "LATENCY.md").read_text().split("## Summary")[1].split("\n## ")[0].splitlines():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if len(cells) > 6 and cells[2].isdigit() and cells[0].isdigit():
+            effs.setdefault(int(cells[2]), []).append(float(cells[6]))
+    for r in (1, 8, 16):
+        assert f"{min(effs[r]):.2f}-{max(effs[r]):.2f}x" in texts["compress"], (r, effs[r])
+    calib = (docs / "CALIBRATION.md").read_text()
+    exact, early = re.search(r"exact HRank [\d.]+ s \(\*\*([\d.]+)x", calib), re.search(r"tol 0.2 [\d.]+ s \(\*\*([\d.]+)x", calib)
+    assert f"0.2: {float(early[1]):.1f}x plain inference instead of {float(exact[1]):.1f}x" in texts["compress"]
+    assert "98.1% of kept channels identical" in texts["compress"] and "98.1%" in calib
+
+
+def test_report_scores_show_the_plan_beside_the_suggestion(tmp_path):
+    from onnxprune import Settings, Target, compress
+    from onnxprune.report import build_report, render
+
+    model = _named_model(tmp_path / "mb.onnx", groups=4)
+    data = {"x": np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)}
+    result = compress(str(model), Settings(target=Target("flops", 0.5)), data=data)
+    html = render(build_report(str(model), result=result), "html")
+    assert "plan removes" in html and "recommended ratio" not in html and ">0.00<" not in html
+
+
+def test_long_model_layer_chart_names_layers(tmp_path):
+    """MobileNetV2 has more than 48 layers: the chart names every k-th layer instead of numbering."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from onnxprune.report import build_report
+    from onnxprune.report_html import _per_layer_figure
+
+    model = _named_model(tmp_path / "deep.onnx", groups=60)
+    report = build_report(str(model))
+    fig = _per_layer_figure(report, "macs", "MACs")
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert 30 <= len(ticks) <= 48 and all("features." in t or "Gemm" in t for t in ticks), ticks[:5]
