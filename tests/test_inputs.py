@@ -79,6 +79,22 @@ def tf2onnx_nhwc():
     return _finish(g, [_value_info("input_1", TensorProto.FLOAT, ["unk__12", 16, 16, 3])], _body(g, x, 3))
 
 
+def paddle_biases():
+    """What paddle2onnx writes (PP-OCR): convs without bias, then Add of a Reshape'd [1, C, 1, 1]
+    constant; a residual Add joins two such branches."""
+    g = G(6)
+
+    def conv_bias(x, cin, cout, stride=1):
+        y = g.conv(x, cin, cout, bias=False, stride=stride)
+        b = g.op("Reshape", [g.const(g.rng.standard_normal(cout).astype(np.float32)), g.const(np.array([1, cout, 1, 1]))])
+        return g.op("Add", [y, b])
+
+    a = g.op("Relu", [conv_bias("x", 3, 8)])
+    r = g.op("Relu", [g.op("Add", [conv_bias(g.op("Relu", [conv_bias(a, 8, 8)]), 8, 8), a])])
+    out = g.head(g.op("Relu", [conv_bias(r, 8, 16, stride=2)]), 16)
+    return _finish(g, [_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])], out)
+
+
 # (id, model builder, {input: data shape}, dtype)
 CORPUS = [
     ("symbolic names", lambda: nchw("N", h="H", w="W"), {"x": (12, 3, 16, 16)}, np.float32),
@@ -90,7 +106,35 @@ CORPUS = [
     ("several inputs", several_inputs, {"x": (12, 3, 16, 16), "y": (12, 3, 16, 16)}, np.float32),
     ("uint8 image", uint8_image, {"x": (12, 3, 16, 16)}, np.uint8),
     ("NHWC from tf2onnx", tf2onnx_nhwc, {"input_1": (12, 16, 16, 3)}, np.float32),
+    ("paddle2onnx Reshape'd biases", paddle_biases, {"x": (12, 3, 16, 24)}, np.float32),
 ]
+
+
+def test_sensitivity_on_reshaped_constant_biases(capsys, tmp_path, monkeypatch):
+    """The sensitivity evaluator caches the tensors entering the changed part of the graph; a
+    Reshape'd constant bias among them keeps its [1, C, 1, 1] shape (declared [N, C, 1, 1] it let
+    onnxruntime fuse Conv + Add as same-shape and fail on PP-OCR's text-direction classifier)."""
+    import onnxprune.sensitivity as sensitivity
+
+    built, build = [], sensitivity._Focus.build.__func__
+
+    def spy(cls, *args):
+        focus = build(cls, *args)
+        built.append(focus)
+        return focus
+
+    monkeypatch.setattr(sensitivity._Focus, "build", classmethod(spy))
+    src = tmp_path / "p.onnx"
+    onnx.save(paddle_biases(), src)
+    np.savez(tmp_path / "d.npz", **_data({"x": (12, 3, 16, 24)}, np.float32))
+    code, out, err = run_cli(capsys, "compress", src, "--flops", "0.3", "--data", tmp_path / "d.npz", "--allocation",
+                             "sensitivity", "-o", tmp_path / "q.onnx", "--latency-runs", "0", "--json")
+    assert code == 0, err
+    assert __import__("json").loads(out)["sensitivity"]["evaluations"] > 0
+    declared = {i.name: i.shape for focus in built if focus is not None for i in focus.sess.get_inputs()}
+    biases = {k: v for k, v in declared.items() if k.startswith("reshape_")}
+    assert biases and all(v[0] == 1 and v[2:] == [1, 1] for v in biases.values()), declared
+    assert any(v[0] == "N" for k, v in declared.items() if k.startswith("relu_")), declared
 
 
 def _data(shapes, dtype, seed=0):
