@@ -115,3 +115,26 @@ def evaluate_pair(original, pruned, dataset: Dataset, providers=None) -> dict:
     norm = float(np.linalg.norm(y0))
     after["output_error"] = round(float(np.linalg.norm(y1 - y0)) / norm, 6) if norm > 0 else None
     return {"before": before, "after": after, "samples": n, "output": name}
+
+
+def plan_calibration_data(plan, dataset: Dataset, other_data: bool) -> Dataset:
+    """The calibration part of ``dataset`` as ``compress`` split it; a dataset that is not the
+    one the plan was made with raises PlanError (issue 15.8), or warns with ``other_data``."""
+    import warnings
+
+    from .errors import PlanError
+
+    held = plan.settings.get("holdout", 0)
+    if held and dataset.num_samples == plan.settings.get("data_samples"):
+        dataset, _ = split_holdout(dataset, held)
+    want = plan.settings.get("data_fingerprint")
+    if want is None:
+        return dataset
+    got = data_fingerprint(dataset)
+    if got != want:
+        message = (f"the data differs from the plan's calibration data (plan {want[:19]}..., data "
+                   f"{(got or 'unreadable stream')[:19]}...): the reconstructed weights will differ from compress's")
+        if not other_data:
+            raise PlanError(message + "; pass the same --data, or --force to apply anyway")
+        warnings.warn(message, stacklevel=2)
+    return dataset

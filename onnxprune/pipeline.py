@@ -24,7 +24,7 @@ from .reconstruct import Compensator, reconstruct
 from .rewrite import rewrite, verify
 from .scoring import DATA_CRITERIA, collect, data_scores, observations
 from .exclude import exclude_groups
-from .evaluation import data_fingerprint, evaluate_pair, holdout_count, split_holdout
+from .evaluation import data_fingerprint, evaluate_pair, holdout_count, plan_calibration_data, split_holdout
 from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity
 
 
@@ -371,7 +371,7 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
     model, dataset, _ = load_inputs(source, shapes, data if mode != "none" else None)
     _, analysis, _ = prepare(model)
     if mode != "none":
-        dataset = _plan_data(plan, dataset, other_data)
+        dataset = plan_calibration_data(plan, dataset, other_data)
     keep = analysis.keep_vector(plan_keep(analysis, plan))
     pruned = rewrite(analysis, keep)
     if mode != "none":
@@ -381,27 +381,6 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
     if check:
         verify(model.proto, pruned, model.input_shapes)
     return pruned
-
-
-def _plan_data(plan: Plan, dataset, other_data: bool):
-    """The calibration part of ``dataset`` as ``compress`` split it; a dataset that is not the
-    one the plan was made with raises PlanError (issue 15.8), or warns with ``other_data``."""
-    import warnings
-
-    held = plan.settings.get("holdout", 0)
-    if held and dataset.num_samples == plan.settings.get("data_samples"):
-        dataset, _ = split_holdout(dataset, held)
-    want = plan.settings.get("data_fingerprint")
-    if want is None:
-        return dataset
-    got = data_fingerprint(dataset)
-    if got != want:
-        message = (f"the data differs from the plan's calibration data (plan {want[:19]}..., data "
-                   f"{(got or 'unreadable stream')[:19]}...): the reconstructed weights will differ from compress's")
-        if not other_data:
-            raise PlanError(message + "; pass the same --data, or --force to apply anyway")
-        warnings.warn(message, stacklevel=2)
-    return dataset
 
 
 def summarise(analysis: Analysis, allocation: Allocation, criterion: str, timer: Timer) -> dict:
