@@ -7,7 +7,8 @@ any batch size. :func:`load_data` builds one from what a user has at hand:
   optionally ``labels``;
 * a ``.npy`` file (single-input models);
 * a directory of images (Pillow): the shorter side is resized, the centre cropped to the input's
-  height and width, pixels scaled to [0, 1], normalised by ``mean``/``std``, laid out NCHW;
+  height and width, pixels scaled to [0, 1], normalised by ``mean``/``std``, laid out NCHW (or
+  NHWC for an input declared so, as tf2onnx writes Keras models);
   a directory of class sub-directories gives labels (torchvision's ImageFolder convention);
 * in Python, a dict of arrays or any iterable of feed dicts.
 
@@ -352,7 +353,8 @@ class ImageFolderDataset(Dataset):
         self.files = list(files)
         self.size = size
         self.labels = labels
-        self.channels = spec.static_dim(1)
+        self.layout = image_layout(spec)  # "NCHW", or "NHWC" as tf2onnx writes Keras inputs
+        self.channels = spec.static_dim(1 if self.layout == "NCHW" else 3)
         self.mean = _per_channel("mean", mean, self.channels, 0.0)
         self.std = _per_channel("std", std, self.channels, 1.0)
         if channel_order not in ("RGB", "BGR"):
@@ -369,7 +371,8 @@ class ImageFolderDataset(Dataset):
         size = batch_size or self.batch_size
         for start in range(0, len(self.files), size):
             images = [self._load(p) for p in self.files[start : start + size]]
-            yield {self.specs[0].name: np.stack(images)}
+            batch = np.stack(images)
+            yield {self.specs[0].name: batch if self.layout == "NCHW" else np.ascontiguousarray(batch.transpose(0, 2, 3, 1))}
 
     def take(self, n: int) -> ImageFolderDataset:
         out = copy.copy(self)
@@ -538,9 +541,9 @@ def _image_folder(path: Path, specs, input_size, mean, std, channel_order, label
     if len(specs) != 1:
         raise DataError(f"an image directory feeds one input, but the model has {len(specs)}")
     spec = specs[0]
-    if len(spec.shape) != 4 or spec.static_dim(1) not in (1, 3):
+    if image_layout(spec) is None:
         raise DataError(
-            f"input '{spec.name}': image directories need an NCHW input with 1 or 3 channels, "
+            f"input '{spec.name}': image directories need an NCHW or NHWC input with 1 or 3 channels, "
             f"the model expects {spec.shape_text()}"
         )
     size = _image_size(spec, input_size)
@@ -558,6 +561,16 @@ def _image_folder(path: Path, specs, input_size, mean, std, channel_order, label
                               batch_size=batch_size)
 
 
+def image_layout(spec: InputSpec) -> str | None:
+    """``"NCHW"`` where axis 1 has 1 or 3 channels, else ``"NHWC"`` where axis 3 has (Keras
+    models converted by tf2onnx), else ``None``."""
+    if len(spec.shape) != 4:
+        return None
+    if spec.static_dim(1) in (1, 3):
+        return "NCHW"
+    return "NHWC" if spec.static_dim(3) in (1, 3) else None
+
+
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
@@ -566,14 +579,14 @@ def _image_size(spec: InputSpec, input_size) -> tuple[int, int]:
     """(H, W) from ``input_size`` or the input's static dims."""
     if input_size is not None:
         h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-        for axis, v in ((2, h), (3, w)):
+        for axis, v in ((2, h), (3, w)) if image_layout(spec) == "NCHW" else ((1, h), (2, w)):
             want = spec.static_dim(axis)
             if want is not None and want != v:
                 raise DataError(
                     f"input '{spec.name}': input size {h}x{w} does not match the model's {spec.shape_text()}"
                 )
         return int(h), int(w)
-    h, w = spec.static_dim(2), spec.static_dim(3)
+    h, w = (spec.static_dim(2), spec.static_dim(3)) if image_layout(spec) == "NCHW" else (spec.static_dim(1), spec.static_dim(2))
     if h is None or w is None:
         raise DataError(
             f"input '{spec.name}' has a symbolic height or width {spec.shape_text()}; give input_size (--input-size H,W)"

@@ -256,3 +256,28 @@ def test_real_ocr_models(capsys, tmp_path, ocr_models, spec):
     if "ddddocr" in spec:
         code, _, err = run_cli(capsys, "compress", src, "--flops", "0.3", "-o", tmp_path / "q.onnx")
         assert code == 1 and "pass --input-shape input1:1,1,64,224 " in err, err
+
+
+def test_image_folder_feeds_an_nhwc_input(capsys, tmp_path):
+    """A Keras model converted by tf2onnx takes [N, H, W, 3]: an image folder feeds it the same
+    pixels as an NCHW model, transposed, and compress runs on it with the image options."""
+    from PIL import Image
+
+    from onnxprune.data import ImageSource, input_specs, load_data
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "img"
+    for c in range(2):
+        (folder / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"c{c}" / f"{i}.png")
+    src = ImageSource(str(folder), None, (0.5,), (0.5,), "RGB", 0.875)
+    nhwc = next(load_data(src, input_specs(tf2onnx_nhwc())).batches())["input_1"]
+    nchw_ = next(load_data(src, input_specs(nchw("N"))).batches())["x"]
+    assert nhwc.shape == (12, 16, 16, 3) and nhwc.flags.c_contiguous
+    np.testing.assert_array_equal(nhwc, nchw_.transpose(0, 2, 3, 1))
+    onnx.save(tf2onnx_nhwc(), tmp_path / "k.onnx")
+    code, out, err = run_cli(capsys, "compress", tmp_path / "k.onnx", "--flops", "0.3", "--data", folder, "--mean", "0.5",
+                             "--std", "0.5", "-o", tmp_path / "p.onnx", "--latency-runs", "0", "--json")
+    assert code == 0, err
+    assert __import__("json").loads(out)["evaluation"]["after"]["top1"] >= 0
