@@ -113,7 +113,7 @@ def evaluate_pair(original, pruned, dataset: Dataset, providers=None) -> dict:
     if y0.ndim >= 2 and y0.shape[-1] > 1:
         after["agreement"] = round(float((y0.argmax(-1) == y1.argmax(-1)).mean()), 6)
     norm = float(np.linalg.norm(y0))
-    after["output_error"] = round(float(np.linalg.norm(y1 - y0)) / norm, 6) if norm > 0 else None
+    after["output_error"] = float(f"{float(np.linalg.norm(y1 - y0)) / norm:.6g}") if norm > 0 else None  # 6 digits, not places
     return {"before": before, "after": after, "samples": n, "output": name}
 
 

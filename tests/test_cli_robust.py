@@ -481,3 +481,21 @@ def test_long_model_layer_chart_names_layers(tmp_path):
     fig = _per_layer_figure(report, "macs", "MACs")
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert 30 <= len(ticks) <= 48 and all("features." in t or "Gemm" in t for t in ticks), ticks[:5]
+
+
+def test_output_error_keeps_small_values(tmp_path):
+    """A softmax head of a random-weight model differs by ~1e-7 relative after pruning: the error
+    is kept to 6 significant digits, not rounded to 0 (and agreement can still be low: near ties)."""
+    from onnxprune.data import input_specs, load_data
+    from onnxprune.evaluation import evaluate_pair
+
+    original = onnx.load(small_cnn(tmp_path / "m.onnx"))
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(original)
+    w = next(t for t in pruned.graph.initializer if t.name == "w67")
+    a = onnx.numpy_helper.to_array(w).astype(np.float32)
+    w.CopyFrom(onnx.numpy_helper.from_array(a * (np.float32(1) + np.float32(2.4e-7)), "w67"))  # 2 ulp
+    data = load_data({"x": np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(np.float32)},
+                     input_specs(original))
+    ev = evaluate_pair(original, pruned, data)
+    assert 0 < ev["after"]["output_error"] < 1e-6 and ev["samples"] == 6  # round(x, 6) gave 0
