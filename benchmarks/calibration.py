@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -45,6 +44,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import run_child, usage  # noqa: E402
 
 SEED = 0
 SIZE = 224
@@ -104,28 +106,23 @@ def relu_after_conv_or_add(model) -> list[str]:
 # --------------------------------------------------------------------------- measurements
 
 
-def _usage() -> dict:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_gb": ru.ru_maxrss / 2**20}
-
-
 def measure_plain(model_path, data_path, args, select) -> dict:
-    from onnxprune.calibrate import _cpu_count, open_session
+    from onnxprune.runtime.session import cpu_count, open_session
 
     x = np.load(data_path, mmap_mode="r")
-    cpu0, t0 = _usage()["cpu_s"], time.perf_counter()
+    cpu0, t0 = usage()["cpu_s"], time.perf_counter()
     # Every core: onnxruntime's default (one thread per physical core) would use one of two here.
-    session = open_session(str(model_path), threads=_cpu_count()).session
+    session = open_session(str(model_path), threads=cpu_count()).session
     for i in range(0, len(x), PLAIN_BATCH):
         session.run(None, {"input": np.ascontiguousarray(x[i : i + PLAIN_BATCH])})
-    return {"wall_s": time.perf_counter() - t0, "cpu_s": _usage()["cpu_s"] - cpu0, "images": len(x)}
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": usage()["cpu_s"] - cpu0, "images": len(x)}
 
 
 def measure_hrank(model_path, data_path, args, select, *, method="auto", early=None, overlap=True) -> dict:
     import onnx
 
-    from onnxprune.calibrate import calibrate
-    from onnxprune.collectors import RankCollector
+    from onnxprune.scoring.calibrate import calibrate
+    from onnxprune.scoring.collectors import RankCollector
     from onnxprune.data import input_specs, load_data
 
     model = onnx.load(str(model_path))
@@ -133,13 +130,13 @@ def measure_hrank(model_path, data_path, args, select, *, method="auto", early=N
     data = load_data({"input": np.load(data_path, mmap_mode="r")}, input_specs(model))
     options = EARLY_STOP[early] if early else {}
     requests = {t: [RankCollector(method=method, **options)] for t in tensors}
-    cpu0 = _usage()["cpu_s"]
+    cpu0 = usage()["cpu_s"]
     result = calibrate(model, requests, data, stop_when_converged=bool(early), overlap=overlap)
     scores = {t: result.stats[t]["rank"] for t in tensors}
     np.savez(args.scores, **{f"t{i}": scores[t] for i, t in enumerate(tensors)})
     used = [requests[t][0].images for t in tensors]
     return {
-        "wall_s": result.wall_time, "cpu_s": _usage()["cpu_s"] - cpu0, "images": result.num_images,
+        "wall_s": result.wall_time, "cpu_s": usage()["cpu_s"] - cpu0, "images": result.num_images,
         "rank_images": [min(used), max(used)], "batch_size": result.batch_size,
         "provider": result.provider, "layers": len(tensors),
     }
@@ -149,7 +146,8 @@ def measure_reference(model_path, data_path, args, select) -> dict:
     """HRank's code path: per layer, run the network and loop matrix_rank over images and channels."""
     import onnx
 
-    from onnxprune.calibrate import observed_model, open_session
+    from onnxprune.runtime.session import open_session
+    from onnxprune.scoring.calibrate import observed_model
 
     model = onnx.load(str(model_path))
     tensors = select(model)
@@ -161,14 +159,14 @@ def measure_reference(model_path, data_path, args, select) -> dict:
         whole.CopyFrom(model)  # the whole network runs once per layer, as in HRank's code
         whole.graph.output.append(types[tensor])
         session = open_session(whole).session  # built outside the timing
-        cpu0, t0 = _usage()["cpu_s"], time.perf_counter()
+        cpu0, t0 = usage()["cpu_s"], time.perf_counter()
         feature = session.run([tensor], {"input": x})[0]
         ranks = np.zeros(feature.shape[:2])
         for i in range(feature.shape[0]):
             for j in range(feature.shape[1]):
                 ranks[i, j] = np.linalg.matrix_rank(feature[i, j])
         wall += time.perf_counter() - t0
-        cpu += _usage()["cpu_s"] - cpu0
+        cpu += usage()["cpu_s"] - cpu0
         del session
     scale = args.images / len(x)
     return {"wall_s": wall * scale, "cpu_s": cpu * scale, "images": args.images,
@@ -179,8 +177,9 @@ def measure_kernels(model_path, data_path, args, select) -> dict:
     """Seconds per image of each rank implementation on one batch of real activations."""
     import onnx
 
-    from onnxprune.calibrate import observed_model, open_session
-    from onnxprune.collectors import matrix_ranks
+    from onnxprune.runtime.session import open_session
+    from onnxprune.scoring.calibrate import observed_model
+    from onnxprune.scoring.ranks import matrix_ranks
 
     model = onnx.load(str(model_path))
     tensors = select(model)
@@ -244,7 +243,7 @@ def run_measure(name: str, args) -> None:
     model_path, data_path = prepare(args.cache, args.images)
     load0 = os.getloadavg()[0]
     out = MEASURES[name](model_path, data_path, args, relu_after_conv_or_add)
-    out.update(_usage() | {"cpu_s": out.get("cpu_s")}, load=[load0, os.getloadavg()[0]])
+    out.update(usage() | {"cpu_s": out.get("cpu_s")}, load=[load0, os.getloadavg()[0]])
     print(json.dumps(out))
 
 
@@ -255,8 +254,10 @@ def child(name: str, args, scores: Path | None = None) -> dict:
     cmd = [sys.executable, __file__, "--measure", name, "--cache", str(args.cache), "--images",
            str(args.images), "--reference-images", str(args.reference_images),
            "--kernel-images", str(args.kernel_images), "--scores", str(scores or os.devnull)]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    done = run_child(cmd[1:])
+    if not done.ok:
+        raise RuntimeError(f"measurement {name} failed: {done.error_tail()}")
+    return done.record
 
 
 def kept_at_half(scores: np.ndarray) -> set[int]:

@@ -1,13 +1,18 @@
 """Shared pieces of the benchmark scripts: the bundled models, Fashion-MNIST splits, top-1
-evaluation with onnxruntime, and Markdown tables with the machine and the command."""
+evaluation with onnxruntime, Markdown tables with the machine and the command, and the one
+helper that runs a measurement in a child process (``run_child``)."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +40,8 @@ def calibration_set(n: int = 1024) -> dict[str, np.ndarray]:
 
 
 def top1(model, data: dict[str, np.ndarray], batch_size: int = 500) -> float:
-    from onnxprune.graph import read_model
-    from onnxprune.rewrite import session
+    from onnxprune.model.files import read_model
+    from onnxprune.runtime.session import session
 
     sess = session(read_model(model) if isinstance(model, (str, Path)) else model)
     name = sess.get_inputs()[0].name
@@ -95,3 +100,52 @@ def render_or_run(args, script: str, run, markdown) -> None:
         args.out.write_text(text)
         if not args.from_json:
             args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+@dataclass
+class Child:
+    """A finished child process: exit code (``"timeout"`` when it ran past its limit), output,
+    wall time, and its record: the last stdout line that is a JSON object (None if none)."""
+
+    returncode: int | str
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def record(self) -> dict | None:
+        lines = [line for line in self.stdout.splitlines() if line.startswith("{")]
+        return json.loads(lines[-1]) if lines else None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def error_tail(self) -> str:
+        return (self.stderr.strip().splitlines() or ["no output"])[-1]
+
+
+def run_child(argv: list[str], *, timeout: float | None = None, env: dict | None = None, cwd: Path | None = None) -> Child:
+    """Run ``python argv...`` (a benchmark script in a child mode) in a fresh process, so each
+    measurement starts with clean memory and its peak RSS and crashes stay its own."""
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=env,
+                              cwd=cwd)
+        rc, out, err = done.returncode, done.stdout, done.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc, out, err = "timeout", _text(exc.stdout), _text(exc.stderr)
+    return Child(rc, out, err, time.perf_counter() - t0)
+
+
+def _text(b) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+
+def usage() -> dict:
+    """CPU seconds and peak RSS (GB) of this process so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_gb": ru.ru_maxrss / 2**20}

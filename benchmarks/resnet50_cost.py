@@ -37,10 +37,12 @@ from zoo import export  # noqa: E402
 
 from onnxprune import Settings, Target, analyse, compress, load_model  # noqa: E402
 from onnxprune.cost import CostModel  # noqa: E402
-from onnxprune.criteria import score_groups  # noqa: E402
+from onnxprune.scoring.weights import score_groups  # noqa: E402
 from onnxprune.reconstruct import Compensator  # noqa: E402
-from onnxprune.rewrite import rewrite, session  # noqa: E402
-from onnxprune.sensitivity import RATIOS, MaskedEvaluator, changed_nodes  # noqa: E402
+from onnxprune.rewrite import rewrite  # noqa: E402
+from onnxprune.runtime.session import session  # noqa: E402
+from onnxprune.allocate.sensitivity import RATIOS, MaskedEvaluator  # noqa: E402
+from onnxprune.runtime.submodel import changed_nodes  # noqa: E402
 
 CACHE = Path(os.environ.get("ONNXPRUNE_BENCH_CACHE", Path.home() / ".cache" / "onnxprune" / "bench"))
 

@@ -33,10 +33,8 @@ import datetime
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,7 +42,7 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import ROOT, machine  # noqa: E402
+from common import ROOT, machine, run_child  # noqa: E402
 
 QUICK_DOCS = Path(tempfile.gettempdir()) / "onnxprune-bench-quick"
 
@@ -391,6 +389,14 @@ BENCHES = [
           "session, masked whole graph, masked changed part only).",
           "RESNET50_COST.md",
           summary=sum_resnet50_cost),
+    # real-model accuracy (issue 17): third-party models from PyPI wheels, rendered data; resumable log
+    Bench("real_accuracy", "Accuracy on real third-party models",
+          "OCR and document models shipped in PyPI wheels (nobody here trained them) and the bundled models, "
+          "pruned at 30/50% MACs by each method variant through the compress CLI, on labelled data the script "
+          "renders; no fine-tuning, unlabelled calibration samples.",
+          "REAL_ACCURACY.md",
+          summary=lambda rec, d, s: __import__("real_accuracy").summary_lines(_read_json(d / "REAL_ACCURACY.json")),
+          resumable=True),
     Bench("coverage", "Architecture coverage",
           "Dependency analysis and compress at 30% FLOPs over a corpus of exported CNNs (torchvision, "
           "segmentation, timm, wheels).",
@@ -413,13 +419,10 @@ def run_one(bench: Bench, quick: bool, docs: Path, scratch: Path, timeout: float
     started = datetime.datetime.now().isoformat(timespec="seconds")
     load0 = os.getloadavg()
     log(f"## {bench.name}: {shown}")
-    t0 = time.perf_counter()
-    try:
-        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        rc, stdout, stderr = done.returncode, done.stdout, done.stderr
-    except subprocess.TimeoutExpired as exc:  # a resumable script keeps its rows: the next run goes on
-        rc, stdout, stderr = ("stopped" if bench.resumable else "timeout"), _text(exc.stdout), _text(exc.stderr)
-    seconds = time.perf_counter() - t0
+    done = run_child(argv[1:], cwd=ROOT, timeout=timeout)
+    rc, stdout, stderr, seconds = done.returncode, done.stdout, done.stderr, done.seconds
+    if rc == "timeout" and bench.resumable:  # a resumable script keeps its rows: the next run goes on
+        rc = "stopped"
     log(f"## {bench.name}: exit {rc} after {seconds / 60:.1f} min")
     rec = {"name": bench.name, "command": shown, "quick": quick, "returncode": rc, "seconds": seconds,
            "started": started, "machine": machine(), "load": [load0[0], os.getloadavg()[0]],
@@ -429,10 +432,6 @@ def run_one(bench: Bench, quick: bool, docs: Path, scratch: Path, timeout: float
     except Exception as exc:  # a summary that cannot read the output must not lose the run record
         rec["summary"] = [f"(summary not available: {type(exc).__name__}: {exc})"]
     return rec
-
-
-def _text(b) -> str:
-    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
 
 
 def _rel(arg: str) -> str:

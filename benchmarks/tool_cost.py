@@ -23,7 +23,7 @@ Stages (the functions ``onnxprune.pipeline.compress`` calls):
 * analysis — ``prepare``: channel dependency analysis and cost model;
 * calibration — ``collect(.., ["hrank"])`` + ``data_scores``: one streamed onnxruntime pass with
   HRank rank collectors on every prunable tensor;
-* sensitivity — the evaluator compress builds (``pipeline._evaluator``: one masked session over at
+* sensitivity — the evaluator compress builds (``pipeline.masked_evaluator``: one masked session over at
   most 512 images; with calibration data, candidates compensated by local reconstruction where the
   library does that) and ``measure_sensitivity`` at ratio 0.5 for E groups spread over the network,
   **extrapolated** to groups x 9 ratios (setup + evaluations x mean seconds per evaluation; every
@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -61,8 +60,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from calibration import _usage  # noqa: E402  (CPU seconds and ru_maxrss of this process)
-from common import ROOT, machine, render_or_run, table  # noqa: E402
+from common import ROOT, machine, render_or_run, run_child, table, usage  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "onnxprune" / "bench"
 SEED = 0
@@ -201,13 +199,13 @@ def st_analysis(c: Context):
 
 
 def st_l1(c: Context):
-    from onnxprune.criteria import score_groups
+    from onnxprune.scoring.weights import score_groups
 
     c.scores = score_groups(c.analysis, "l1")
 
 
 def st_calibration(c: Context):
-    from onnxprune.scoring import collect, data_scores
+    from onnxprune.scoring.activations import collect, data_scores
 
     result = collect(c.analysis, c.dataset, ["hrank"])
     c.scores = data_scores(c.analysis, "hrank", result)
@@ -215,20 +213,20 @@ def st_calibration(c: Context):
 
 
 def st_sensitivity(c: Context):
-    """As compress builds it (pipeline._evaluator; with calibration data, candidates are evaluated
+    """As compress builds it (pipeline.masked_evaluator; with calibration data, candidates are evaluated
     after local compensation where the library supports it); E groups spread over the network."""
     import inspect
 
     from onnxprune import Settings, Target
-    from onnxprune.pipeline import _evaluator
-    from onnxprune.sensitivity import RATIOS, measure_sensitivity
+    from onnxprune.pipeline import masked_evaluator
+    from onnxprune.allocate.sensitivity import RATIOS, measure_sensitivity
 
     settings = Settings(Target("flops", FLOPS))
     t0 = time.perf_counter()
-    if "calibration" in inspect.signature(_evaluator).parameters:
-        evaluator, compensated = _evaluator(c.analysis, c.dataset, settings, c.dataset), True
+    if "calibration" in inspect.signature(masked_evaluator).parameters:
+        evaluator, compensated = masked_evaluator(c.analysis, c.dataset, settings, c.dataset), True
     else:
-        evaluator, compensated = _evaluator(c.analysis, c.dataset, settings), False
+        evaluator, compensated = masked_evaluator(c.analysis, c.dataset, settings), False
     setup = time.perf_counter() - t0
     gids = list(c.scores)
     picked = list(dict.fromkeys(gids[i * len(gids) // c.spec["sens_evals"]] for i in range(c.spec["sens_evals"])))
@@ -245,7 +243,7 @@ def st_sensitivity(c: Context):
 
 def st_allocation(c: Context):
     from onnxprune import Target
-    from onnxprune.allocate import allocate_uniform
+    from onnxprune.allocate.uniform import allocate_uniform
 
     c.allocation = allocate_uniform(c.analysis, c.cost, c.scores, Target("flops", FLOPS))
 
@@ -264,18 +262,19 @@ def st_verify(c: Context):
 
 def _reconstruction(mode):
     def stage(c: Context):
-        from onnxprune.pipeline import _Batches, recon_batch_size
+        from onnxprune.pipeline import Batches, recon_batch_size
         from onnxprune.reconstruct import reconstruct
 
         size = recon_batch_size(c.analysis)
-        _, report = reconstruct(c.analysis, c.allocation.keep, c.pruned, _Batches(c.dataset, size), mode=mode)
+        _, report = reconstruct(c.analysis, c.allocation.keep, c.pruned, Batches(c.dataset, size), mode=mode)
         c.extra.update(passes=report.passes, fitted=len(report.fitted), batch_size=size)
 
     return stage
 
 
 def st_finetune(c: Context):
-    from onnxprune.tune import TuneSettings, finetune_model
+    from onnxprune.settings import TuneSettings
+    from onnxprune.tune import finetune_model
 
     steps = []
     finetune_model(c.pruned, {"input": np.load(c.data_path)}, teacher=c.model.proto,
@@ -295,7 +294,7 @@ NEEDS = {"load": [], "analysis": ["load"], "calibration": ["load", "analysis"],
          "reconstruction-local": _PRUNED, "reconstruction-ldrf": _PRUNED, "finetune-epoch": _PRUNED}
 
 
-def run_child(spec: dict) -> dict:
+def child_main(spec: dict) -> dict:
     c = Context(spec)
     stage = spec["stage"]
     t_pre = time.perf_counter()
@@ -304,12 +303,12 @@ def run_child(spec: dict) -> dict:
     pre = time.perf_counter() - t_pre
     load0 = os.getloadavg()[0]
     before = current_rss()
-    cpu0 = _usage()["cpu_s"]
+    cpu0 = usage()["cpu_s"]
     with StagePeak() as rss:
         t0 = time.perf_counter()
         RUN[stage](c)
         wall = time.perf_counter() - t0
-    return {**spec, "wall_s": wall, "cpu_s": _usage()["cpu_s"] - cpu0, "rss_before_gb": before / 2**30,
+    return {**spec, "wall_s": wall, "cpu_s": usage()["cpu_s"] - cpu0, "rss_before_gb": before / 2**30,
             "peak_rss_gb": rss.peak / 2**30, "prerequisites_s": pre, "peak_method": rss.method,
             "load": [load0, os.getloadavg()[0]], **c.extra}
 
@@ -322,13 +321,12 @@ def measure(spec: dict, log) -> dict:
     images_file(spec["images"])
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          env=env)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    done = run_child([__file__, "--child", json.dumps(spec)], env=env)
+    if not done.ok:
+        tail = done.error_tail()
         log(f"#   {spec}: FAILED ({tail})")
         return {**spec, "error": tail}
-    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row = done.record
     row["child_s"] = time.perf_counter() - t0
     log(f"#   {row['model']:9s} {row['images']:4d} {row['stage']:20s} {row['wall_s']:7.1f} s  peak "
         f"{row['peak_rss_gb']:.2f} GB  load {row['load'][0]:.1f}")
@@ -553,7 +551,7 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(run_child(json.loads(args.child)), default=float))
+        print(json.dumps(child_main(json.loads(args.child)), default=float))
         return
     cfg = QUICK if args.quick else Config()
     over = {}

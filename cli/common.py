@@ -51,7 +51,7 @@ def side_output(path: str, option: str, others: list[tuple[str, Path]], force: b
     """An extra output of a command (``--plan``, ``--report``), checked before any work: it is
     none of the run's other files (``others``: (what it is, path)), an existing file is replaced
     only with ``--force``, and its directory exists and is writable."""
-    from onnxprune.report import check_writable
+    from onnxprune.model.files import check_writable
 
     out = Path(path)
     for what, other in others:

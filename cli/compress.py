@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from onnxprune.scoring.registry import ALL_CRITERIA
+
 from .common import Progress, data_options, image_options, input_shape_option, output_path, parse_input_shapes, side_output
 from .finetune import EpochPrinter, tune_options, tune_settings
 
@@ -39,7 +41,7 @@ def _positive_int(text: str) -> int:
 FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
 
 
-CRITERIA = ["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]
+CRITERIA = list(ALL_CRITERIA)
 
 
 @click.command(epilog=EXAMPLES_COMPRESS)
@@ -103,16 +105,16 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     """Prune MODEL to remove a fraction of its FLOPs (MACs) or parameters."""
     from onnxprune import Limits, Settings, Target, compress as run_compress, save_model
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.graph import write_bytes_atomic
-    from onnxprune.report import build_report, check_writable, format_of, render, write_text_atomic
-    from onnxprune.sensitivity import Sensitivity
+    from onnxprune.allocate.sensitivity import Sensitivity
+    from onnxprune.model.files import check_writable, write_bytes_atomic, write_text_atomic
+    from onnxprune.report import build_report, format_of, render
 
     if (flops is None) == (params is None):
         raise click.UsageError("give exactly one of --flops or --params")
     target = Target("flops", flops) if flops is not None else Target("params", params)
-    from onnxprune.pipeline import AUTO_ROUND_TO  # --round-to auto: the API's default too (issue 15.9)
+    from onnxprune.settings import auto_limits  # --round-to auto: the API's default too (issue 15.9)
 
-    round_to_value = AUTO_ROUND_TO if round_to == "auto" else _positive_int(round_to)
+    limits = auto_limits(max_ratio, min_channels) if round_to == "auto" else Limits(max_ratio, min_channels, _positive_int(round_to))
     if dry_run and (report_path or finetune_data):  # issue 15.14
         raise click.UsageError("--dry-run writes nothing and builds no model: drop --report and --finetune")
     # Every output path is checked before the (slow) compression.
@@ -129,7 +131,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         except OnnxPruneError as exc:
             raise click.BadParameter(f"{exc}", param_hint="--report") from exc
         if report_fmt == "html":
-            from onnxprune.report_html import require_matplotlib
+            from onnxprune.report.html import require_matplotlib
 
             require_matplotlib()
     if sensitivity_path and allocation != "sensitivity":  # issue 15.7: never ignored silently
@@ -143,10 +145,10 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
             raise OnnxPruneError(f"{sensitivity_path}: cannot read ({exc.strerror})") from exc
     settings = Settings(
         target=target, criterion=criterion, allocation=allocation,
-        limits=Limits(max_ratio, min_channels, round_to_value),
+        limits=limits,
         round_to_fallback=round_to == "auto",
         reconstruct=reconstruct, seed=seed, calib_batches=calib_batches, batch_size=batch_size,
-        eval_images=eval_images, providers=_providers(device), rank_early_stop=rank_early_stop,
+        eval_images=eval_images, providers=providers_for(device), rank_early_stop=rank_early_stop,
         sensitivity_metric=sensitivity_metric, holdout=holdout, exclude=tuple(exclude), dry_run=dry_run,
     )
     data, eval_data, finetune_data = with_images(data), with_images(eval_data), with_images(finetune_data)
@@ -160,7 +162,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
         click.echo(json.dumps(summary, indent=1) if as_json else format_dry_run(summary))
         return
     if finetune_data:
-        from onnxprune.graph import read_model
+        from onnxprune.model.files import read_model
         from onnxprune.tune import finetune_model
 
         settings_t = tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed,
@@ -194,18 +196,18 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
 
 
 def measure_speedup(result, runs: int) -> dict:
-    """Median latency of the original and the pruned model, interleaved, 1 thread (report.py)."""
-    from onnxprune.report import ReportSettings, measure_latency
+    """Median latency of the original and the pruned model, interleaved, 1 thread (as the report)."""
+    from onnxprune.evaluation import measure_speedup as measure
 
     model = result.analysis.model
-    return measure_latency(model.proto, result.model, model.input_shapes, ReportSettings(latency_runs=runs, threads=1))
+    return measure(model.proto, result.model, model.input_shapes, runs)
 
 
 def _ratio(s: dict) -> float | None:
     return round(s["macs_before"] / s["macs_after"], 4) if s["macs_after"] else None
 
 
-def _providers(device: str):
+def providers_for(device: str):
     if device == "cpu":
         return ("CPUExecutionProvider",)
     if device == "cuda":

@@ -23,10 +23,10 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate(model, data, reference, batch_size, as_json, with_images):
     """Run MODEL over the data with onnxruntime: top-1 accuracy and agreement with --reference."""
-    from onnxprune.calibrate import run_model
+    from onnxprune.scoring.calibrate import run_model
     from onnxprune.data import input_specs, load_data
     from onnxprune.errors import DataError
-    from onnxprune.graph import read_model
+    from onnxprune.model.files import read_model
 
     proto = read_model(model)
     dataset = load_data(with_images(data), input_specs(proto))

@@ -38,7 +38,7 @@ def tune_options(fn):
 
 def tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed, device,
                   tune_holdout=0.1):
-    from onnxprune.tune import TuneSettings
+    from onnxprune.settings import TuneSettings
 
     return TuneSettings(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=tune_batch_size, temperature=temperature,
                         alpha=alpha, augment=augment, seed=seed, device=device, use_labels=not no_labels,
@@ -77,7 +77,7 @@ class EpochPrinter:
 def finetune(model, data, teacher, eval_data, output, epochs, lr, optimizer, tune_batch_size, temperature, alpha,
              augment, no_labels, tune_holdout, seed, device, force, as_json, quiet, with_images):
     """Fine-tune MODEL with labels and/or distillation from --teacher; write the weights back to ONNX."""
-    from onnxprune.graph import read_model, save_model
+    from onnxprune.model.files import read_model, save_model
     from onnxprune.tune import describe_tuning, finetune_model
 
     out = output_path(model, output, ".tuned.onnx", force)

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
+from onnxprune.scoring.registry import inspect_criteria, needs_data
+
 from .common import image_options, input_shape_option, output_path, parse_input_shapes, read_plan, same_path
 
 SUMMARY_FORMAT = "onnxprune.coverage/1"
 
-DATA_FREE_CRITERIA = ["l1", "l2", "fpgm", "bn_scale", "random"]
-DATA_CRITERIA = ["hrank", "apoz", "mean_activation"]
+INSPECT_CRITERIA = inspect_criteria()
 
 EXAMPLES_INSPECT = """
 \b
@@ -46,7 +47,7 @@ Examples:
               help="Calibration data (.npz/.npy/images): score distributions per group (HRank by default) and "
                    "recommended safe ratios.")
 @image_options
-@click.option("--criterion", type=click.Choice(DATA_FREE_CRITERIA + DATA_CRITERIA),
+@click.option("--criterion", type=click.Choice(INSPECT_CRITERIA),
               help="Add each group's distribution of these channel scores, with recommended ratios.")
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(),
               help="Add sensitivity curves (onnxprune.sensitivity/1 JSON) with each group's safe ratio.")
@@ -62,7 +63,9 @@ def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path
 
     With --summary: the coverage of one or several models (what share of their MACs pruning
     can reach, and what blocks the rest)."""
-    from onnxprune.report import ReportSettings, build_report, check_writable, render, write_text_atomic
+    from onnxprune.report import build_report, render
+    from onnxprune.settings import ReportSettings
+    from onnxprune.model.files import check_writable, write_text_atomic
 
     to_stdout = output == "-"  # issue 15.5: "-o -" is standard output, not a file named "-"
     output = None if to_stdout else output
@@ -85,7 +88,7 @@ def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path
     plan = read_plan(plan_path) if plan_path else None
     sensitivity = read_sensitivity(sensitivity_path) if sensitivity_path else None
     settings = ReportSettings(latency_runs=runs, threads=threads)
-    if criterion in DATA_CRITERIA and data is None:
+    if criterion is not None and needs_data(criterion) and data is None:
         raise click.UsageError(f"--criterion {criterion} scores feature maps: give --data")
     report = build_report(model, plan=plan, input_shapes=parse_input_shapes(input_shapes), criterion=criterion,
                           sensitivity=sensitivity, settings=settings, data=with_images(data))
@@ -101,9 +104,9 @@ def inspect_summary(models, flops, fmt, output, shapes, force, conflicting) -> i
     """``inspect --summary``: coverage_summary per model, as a table or JSON. A model that cannot
     be analysed is a one-line error; among several, its row says why, the others are printed,
     and the exit status is 1 with one line on stderr."""
-    from onnxprune.coverage import coverage_summary, format_coverage
+    from onnxprune.analysis.coverage import coverage_summary, format_coverage
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.report import check_writable, write_text_atomic
+    from onnxprune.model.files import check_writable, write_text_atomic
 
     if conflicting:
         names = ", ".join("--" + o.replace("_path", "").replace("_", "-") for o in conflicting)
@@ -154,7 +157,7 @@ def resolve_format(fmt: str | None, as_json: bool, output: str | None) -> str:
 
 def read_sensitivity(path: str):
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.sensitivity import Sensitivity
+    from onnxprune.allocate.sensitivity import Sensitivity
 
     try:
         text = Path(path).read_text()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from onnxprune.scoring.registry import ALL_CRITERIA
+
 from .common import Progress, image_options, input_shape_option, output_path, parse_input_shapes
 
 
@@ -19,7 +21,7 @@ Examples:
 @image_options
 @click.option("-o", "--output", type=click.Path(), help="Curves JSON [default: MODEL.sensitivity.json].")
 @click.option("--plot", type=click.Path(), help="Also write a PNG of the curves.")
-@click.option("--criterion", type=click.Choice(["hrank", "apoz", "mean_activation", "recon", "l1", "l2", "fpgm", "bn_scale", "random"]),
+@click.option("--criterion", type=click.Choice(ALL_CRITERIA),
               default="hrank", show_default=True, help="Order in which each group's channels are removed.")
 @click.option("--eval-images", type=int, default=512, show_default=True, help="Images per evaluation.")
 @click.option("--metric", type=click.Choice(["accuracy_drop", "kl", "disagreement", "error"]),
@@ -35,16 +37,16 @@ Examples:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def sensitivity(model, data, output, plot, criterion, eval_images, metric, reconstruct, device, input_shapes, force, as_json, quiet, with_images):
     """Prune each channel group alone at 10%..90% and measure the damage on the data."""
-    from onnxprune.graph import write_bytes_atomic
+    from onnxprune.model.files import write_bytes_atomic
     from onnxprune.pipeline import sensitivity_analysis
-    from onnxprune.sensitivity import plot_sensitivity
+    from onnxprune.report.plots import plot_sensitivity
 
-    from .compress import _providers
+    from .compress import providers_for
 
     out = output_path(model, output, ".sensitivity.json", force)
     with Progress(quiet or as_json) as progress:
         sens, _ = sensitivity_analysis(model, with_images(data), criterion, parse_input_shapes(input_shapes), eval_images,
-                                       progress=progress, providers=_providers(device), reconstruct=reconstruct, metric=metric)
+                                       progress=progress, providers=providers_for(device), reconstruct=reconstruct, metric=metric)
     write_bytes_atomic(out, sens.to_json().encode())
     if plot:
         plot_sensitivity(sens, plot)
@@ -54,7 +56,7 @@ def sensitivity(model, data, output, plot, criterion, eval_images, metric, recon
     click.echo(f"{len(sens.curves)} groups x {len(sens.ratios)} ratios = {sens.evaluations} evaluations in "
                f"{sens.seconds:.1f} s; metric {sens.metric}"
                + ("; after local reconstruction" if sens.compensated else "; plain removal"))
-    from onnxprune.labels import damage_text, distinct_labels
+    from onnxprune.report.labels import damage_text, distinct_labels
 
     labels = distinct_labels({gid: sens.names.get(gid, "") or str(gid) for gid in sens.curves}, 40)  # issue 15.15
     click.echo(f"{'group':>5}  {'name':<40} " + " ".join(f"{r:>7.0%}" for r in sens.ratios))

@@ -14,17 +14,17 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Allocation": "allocate", "Limits": "allocate", "Target": "allocate", "allocate_uniform": "allocate",
+    "Allocation": "allocate.search", "Limits": "settings", "Target": "settings", "allocate_uniform": "allocate.uniform",
     "Analysis": "analysis", "ChannelGroup": "analysis", "analyse": "analysis",
     "Cost": "cost", "CostModel": "cost",
-    "CRITERIA": "criteria",
+    "CRITERIA": "scoring.weights",
     "DataError": "errors", "DependencyError": "errors", "ModelError": "errors", "OnnxPruneError": "errors",
     "PlanError": "errors", "TargetError": "errors",
-    "Model": "graph", "load_model": "graph", "save_model": "graph",
-    "Result": "pipeline", "Settings": "pipeline", "apply_plan": "pipeline", "compress": "pipeline",
+    "Model": "model.graph", "load_model": "model.graph", "save_model": "model.files",
+    "Result": "pipeline", "Settings": "settings", "apply_plan": "pipeline", "compress": "pipeline",
     "inspect_model": "pipeline", "measured_cost": "pipeline", "sensitivity_analysis": "pipeline",
     "Plan": "plan",
-    "Report": "report", "ReportSettings": "report", "build_report": "report", "write_report": "report",
+    "Report": "report.model", "ReportSettings": "settings", "build_report": "report.build", "write_report": "report.build",
     "verify": "rewrite",
 }
 # ``rewrite`` (the function) is not exported here: the submodule onnxprune.rewrite has the same

@@ -59,7 +59,7 @@ class CostModel:
                 macs.append((i, *term))
             for t in node.inputs:
                 quantized = node.op == "DequantizeLinear" and t is node.inputs[0]  # int8 weights
-                if isinstance(t, gs.Constant) and t.name not in seen and (_is_float(t) or quantized) and len(t.shape) > 0:
+                if isinstance(t, gs.Constant) and t.name not in seen and (is_float(t) or quantized) and len(t.shape) > 0:
                     seen.add(t.name)
                     shape = tuple(t.shape)
                     params.append((i, *self._factors(t, shape, range(len(shape)))))
@@ -108,12 +108,12 @@ class CostModel:
     def _einsum_term(self, node: gs.Node):
         """MACs of a two-operand Einsum: the product of the sizes of all its letters, each letter's
         size taken from the first operand (or the output) whose axis the analysis tracks."""
-        from .rules import _einsum_terms  # the rule's parser: one reading of the equation
+        from .analysis.rules import einsum_terms  # the rule's parser: one reading of the equation
 
         class _Shapes:  # the parser asks only for ranks
             rank = staticmethod(lambda t: len(t.shape))
 
-        terms, out = _einsum_terms(node, _Shapes)
+        terms, out = einsum_terms(node, _Shapes)
         if terms is None or len(terms) != 2:
             return None
         coef, dims, seen = 1.0, [], set()
@@ -173,7 +173,7 @@ def _weight(t: gs.Tensor) -> gs.Constant | None:
     return None
 
 
-def _is_float(t: gs.Constant) -> bool:
+def is_float(t: gs.Constant) -> bool:
     try:
         return np.issubdtype(np.dtype(t.dtype), np.floating)
     except TypeError:

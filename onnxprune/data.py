@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import DataError, DependencyError
+from .errors import DataError, DependencyError, first_line
 
 __all__ = [
     "ArrayDataset",
@@ -510,7 +510,7 @@ def _array_file(path: Path, specs, labels: bool, batch_size) -> ArrayDataset:
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read data file '{path}': not an .npy or .npz file ({_first_line(exc)})") from exc
+        raise DataError(f"cannot read data file '{path}': not an .npy or .npz file ({first_line(exc)})") from exc
     if isinstance(loaded, np.ndarray):
         if len(specs) != 1:
             raise DataError(
@@ -521,7 +521,7 @@ def _array_file(path: Path, specs, labels: bool, batch_size) -> ArrayDataset:
         try:
             arrays = {k: loaded[k] for k in loaded.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise DataError(f"cannot read data file '{path}': {_first_line(exc)}") from exc
+            raise DataError(f"cannot read data file '{path}': {first_line(exc)}") from exc
     lab = None
     if LABELS_KEY in arrays and not any(s.name == LABELS_KEY for s in specs):
         lab = arrays.pop(LABELS_KEY)
@@ -592,8 +592,3 @@ def _image_size(spec: InputSpec, input_size) -> tuple[int, int]:
             f"input '{spec.name}' has a symbolic height or width {spec.shape_text()}; give input_size (--input-size H,W)"
         )
     return h, w
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -29,6 +29,13 @@ class DependencyError(OnnxPruneError):
     """An optional dependency (onnxruntime, torch, pillow, matplotlib) is missing."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), or its type name:
+    third-party errors (protobuf, onnxruntime) become one-line messages."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
 def require_onnxruntime():
     """Import onnxruntime or raise a DependencyError naming the extra to install."""
     try:

@@ -8,6 +8,9 @@ the number of samples, so ``apply_plan`` repeats it from the plan's record.
 
     calib, held = split_holdout(dataset, holdout_count(dataset.num_samples, 0.2, 512))
     evaluate_pair(original, pruned, held)   # {"before": {...}, "after": {...}, "samples": N}
+
+Models run through ``scoring.calibrate.run_model`` and ``runtime.session`` (the one place that
+opens onnxruntime sessions).
 """
 
 from __future__ import annotations
@@ -18,10 +21,22 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from .data import ArrayDataset, Dataset, ImageFolderDataset, declared_batch
+from .errors import PlanError
+from .rewrite import random_inputs
+from .runtime.session import interleaved_latency
+from .scoring.calibrate import run_model
 
 MIN_SAMPLES_TO_SPLIT = 10  # fewer samples all calibrate: two held-out samples measure nothing
+
+# Issue 15.11: what a data-free compress says instead of a measurement (it has nothing to measure on).
+DATA_FREE_NOTE = (
+    "data-free: channels chosen by {criterion} weight scores and nothing compensates the removed ones, so expect a "
+    "large accuracy loss until the model is fine-tuned (docs/ACCURACY.md: ResNet-20 at 30% FLOPs, top-1 92.8% -> "
+    "36.7% with l1; 91.7-92.2% with --data and its default LDRF reconstruction). Give --data with a few hundred "
+    "representative inputs (it also measures the result), or fine-tune (--finetune)")
 
 
 def holdout_count(num_samples: int | None, fraction: float, max_samples: int) -> int:
@@ -98,8 +113,6 @@ def evaluate_pair(original, pruned, dataset: Dataset, providers=None) -> dict:
     the original's (a classifier: per sample; a sequence model: per step); ``output_error``:
     ||after - before|| / ||before|| over all values (float64).
     """
-    from .calibrate import run_model
-
     batch = declared_batch(dataset.specs) or 32
     name = original.graph.output[0].name
     y0 = run_model(original, dataset, providers=providers, output_names=[name], batch_size=batch)[name]
@@ -122,8 +135,6 @@ def plan_calibration_data(plan, dataset: Dataset, other_data: bool) -> Dataset:
     one the plan was made with raises PlanError (issue 15.8), or warns with ``other_data``."""
     import warnings
 
-    from .errors import PlanError
-
     held = plan.settings.get("holdout", 0)
     if held and dataset.num_samples == plan.settings.get("data_samples"):
         dataset, _ = split_holdout(dataset, held)
@@ -138,3 +149,9 @@ def plan_calibration_data(plan, dataset: Dataset, other_data: bool) -> Dataset:
             raise PlanError(message + "; pass the same --data, or --force to apply anyway")
         warnings.warn(message, stacklevel=2)
     return dataset
+
+
+def measure_speedup(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes, runs: int) -> dict:
+    """The measured speed-up that ``compress`` prints (issue 15.13): the report's interleaved
+    latency measurement (1 thread, random inputs of ``shapes``), so both say the same."""
+    return interleaved_latency(original, pruned, random_inputs(original, shapes, seed=0), runs=runs, threads=1)

@@ -8,74 +8,33 @@ rewrite, verify. The CLI calls these; they return data and never print.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import onnx
 
-from .allocate import Allocation, Limits, Target, allocate_uniform, main_blockers
+from .allocate.from_scores import allocate_global, allocate_sensitivity
+from .allocate.search import Allocation, main_blockers
+from .allocate.uniform import allocate_uniform
 from .analysis import Analysis, analyse
 from .cost import Cost, CostModel
-from .criteria import CRITERIA, score_groups
+from .scoring.weights import score_groups
 from .errors import OnnxPruneError, PlanError, TargetError
-from .graph import Model, load_model, read_model
+from .model.graph import Model, load_model
+from .model.files import read_model
 from .plan import Plan, make_plan, plan_keep
-from .reconstruct import Compensator, reconstruct
+from .reconstruct.compensator import Compensator
+from .reconstruct.ldrf import reconstruct
 from .rewrite import rewrite, verify
-from .scoring import DATA_CRITERIA, collect, data_scores, observations
-from .exclude import exclude_groups
-from .evaluation import data_fingerprint, evaluate_pair, holdout_count, plan_calibration_data, split_holdout
-from .sensitivity import MaskedEvaluator, Sensitivity, allocate_global, allocate_sensitivity, measure_sensitivity
+from .scoring.activations import collect, data_scores, observations
+from .scoring.registry import needs_data
+from .settings import EvaluationSettings, Limits, Settings
+from .allocate.exclude import exclude_groups
+from .allocate.sensitivity import MaskedEvaluator, Sensitivity, measure_sensitivity
+from .evaluation import DATA_FREE_NOTE, data_fingerprint, evaluate_pair, holdout_count, plan_calibration_data, split_holdout
 
 
-RECONSTRUCT_MODES = ("none", "local", "ldrf")
-ALLOCATIONS = ("uniform", "sensitivity", "global")
 RANK_PATIENCE = 32  # images over which HRank's early stop watches the mean ranks
-# Issue 15.9: the one default of the API and the CLI (``--round-to auto``): kept channel counts in
-# multiples of onnxruntime's NCHWc block on AVX2 (docs/LATENCY.md), exact counts where that
-# cannot reach the target (``round_to_fallback``; the summary says so).
-AUTO_ROUND_TO = 8
-
-
-DATA_FREE_NOTE = (
-    "data-free: channels chosen by {criterion} weight scores and nothing compensates the removed ones, so expect a "
-    "large accuracy loss until the model is fine-tuned (docs/ACCURACY.md: ResNet-20 at 30% FLOPs, top-1 92.8% -> "
-    "36.7% with l1; 91.7-92.2% with --data and its default LDRF reconstruction). Give --data with a few hundred "
-    "representative inputs (it also measures the result), or fine-tune (--finetune)")
-
-
-def auto_limits(max_ratio: float = 0.8, min_channels: int = 1) -> Limits:
-    """The limits of ``--round-to auto`` (pair them with ``round_to_fallback=True``)."""
-    return Limits(max_ratio, min_channels, AUTO_ROUND_TO)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What ``compress`` does. ``None`` picks the default: criterion ``hrank`` with data, ``l1``
-    without; reconstruction ``ldrf`` with data, ``none`` without. The defaults are the CLI's:
-    ``round_to`` auto (8, falling back to exact counts), a fifth of the data held out to measure
-    the result. ``Limits(round_to=N)`` with ``round_to_fallback=False`` is ``--round-to N``."""
-
-    target: Target
-    criterion: str | None = None
-    allocation: str = "uniform"
-    limits: Limits = field(default_factory=auto_limits)  # round_to "auto", as the CLI (issue 15.9)
-    reconstruct: str | None = None
-    seed: int = 0
-    verify: bool = True
-    calib_batches: int | None = None
-    batch_size: int | None = None
-    eval_images: int = 512  # sensitivity evaluation images (first N of the evaluation data)
-    rank_early_stop: float | None = None  # HRank early stop tolerance (rank units, patience 32 images)
-    round_to_fallback: bool = True  # retry with round_to 1 where limits.round_to makes the target unreachable
-    sensitivity_metric: str | None = None  # None: accuracy_drop with labels, else kl (classifiers) or error
-    providers: tuple | None = None
-    # Issue 15.13: without eval_data, this share of data (at most eval_images samples, spread
-    # evenly) is held out of calibration to measure the result; 0 calibrates on all of it.
-    holdout: float = 0.2
-    evaluate: bool = True  # measure top-1/agreement/output error on held-out or eval data
-    exclude: tuple[str, ...] = ()  # issue 15.14: globs on node/weight names whose output channels all stay
-    dry_run: bool = False  # issue 15.14: stop after the allocation (Result.model is None)
 
 
 @dataclass
@@ -102,7 +61,7 @@ class Timer:
         self._t = now
 
 
-class _Batches:
+class Batches:
     """A re-iterable view of a Dataset at one batch size (reconstruction streams it per wave)."""
 
     def __init__(self, dataset, batch_size=None, max_batches=None):
@@ -130,7 +89,7 @@ def recon_batch_size(analysis: Analysis, requested: int | None = None) -> int:
         return fixed
     if requested:
         return requested
-    from .reconstruct import find_consumers
+    from .reconstruct.consumers import find_consumers
 
     tensors = analysis.model.tensors
     per_image = sum(4 * int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in tensors[n].shape or []]))
@@ -188,7 +147,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     stage = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
 
     calibration = None
-    if criterion in DATA_CRITERIA:
+    if needs_data(criterion):
         calibration = collect(analysis, dataset, [criterion], providers=settings.providers, progress=stage("calibration"),
                               max_batches=settings.calib_batches, batch_size=settings.batch_size,
                               rank_patience=RANK_PATIENCE if settings.rank_early_stop is not None else None,
@@ -201,7 +160,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
 
     if settings.allocation == "sensitivity":
         if sensitivity is None:
-            evaluator = _evaluator(analysis, evalset or dataset, settings, dataset if mode != "none" else None)
+            evaluator = masked_evaluator(analysis, evalset or dataset, settings.evaluation, dataset if mode != "none" else None)
             sensitivity = measure_sensitivity(analysis, evaluator, scores, criterion, metric=settings.sensitivity_metric,
                                               progress=stage("sensitivity"))
             timer.lap("sensitivity")
@@ -233,7 +192,7 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     timer.lap("rewrite")
     recon_report = None
     if mode != "none" and pruned is not None:
-        batches = _Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches)
+        batches = Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches)
         pruned, recon_report = reconstruct(analysis, allocation.keep, pruned, batches, mode=mode, seed=settings.seed,
                                            progress=stage("reconstruction"))
         timer.lap("reconstruction")
@@ -301,24 +260,19 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
 
 
 def _check_settings(settings: Settings, criterion: str, mode: str, dataset, evalset) -> None:
-    known = sorted(CRITERIA) + list(DATA_CRITERIA)
-    if criterion not in known:
-        raise OnnxPruneError(f"unknown criterion {criterion!r}; available: {', '.join(known)}")
-    if criterion in DATA_CRITERIA and dataset is None:
+    """The checks that depend on the data given (the rest: ``Settings.__post_init__``);
+    ``criterion`` and ``mode`` are the resolved defaults."""
+    if needs_data(criterion) and dataset is None:
         raise OnnxPruneError(f"criterion {criterion} scores feature maps: give calibration data with --data")
-    if mode not in RECONSTRUCT_MODES:
-        raise OnnxPruneError(f"unknown reconstruction {mode!r}; available: {', '.join(RECONSTRUCT_MODES)}")
     if mode != "none" and dataset is None:
         raise OnnxPruneError(f"reconstruction {mode} fits on activations: give calibration data with --data")
-    if settings.rank_early_stop is not None and (criterion != "hrank" or not settings.rank_early_stop > 0):
+    if settings.rank_early_stop is not None and criterion != "hrank":
         raise OnnxPruneError("--rank-early-stop takes a positive tolerance and applies to --criterion hrank only")
-    if settings.allocation not in ALLOCATIONS:
-        raise OnnxPruneError(f"unknown allocation {settings.allocation!r}; available: {', '.join(ALLOCATIONS)}")
     if settings.allocation == "sensitivity" and dataset is None and evalset is None:
         raise OnnxPruneError("sensitivity allocation evaluates pruned candidates: give --data or --eval-data")
 
 
-def _evaluator(analysis: Analysis, dataset, settings: Settings, calibration=None) -> MaskedEvaluator:
+def masked_evaluator(analysis: Analysis, dataset, settings: EvaluationSettings, calibration=None) -> MaskedEvaluator:
     """One masked session over the first ``eval_images`` images; with ``calibration`` data the
     candidates are evaluated after local reconstruction (the curves then measure what
     reconstruction cannot repair: groups it repairs well get pruned harder)."""
@@ -328,7 +282,7 @@ def _evaluator(analysis: Analysis, dataset, settings: Settings, calibration=None
     batches = list(subset.batches(declared_batch(subset.specs) or settings.batch_size or 128))
     compensator = None
     if calibration is not None:
-        compensator = Compensator(analysis, _Batches(calibration, recon_batch_size(analysis, settings.batch_size),
+        compensator = Compensator(analysis, Batches(calibration, recon_batch_size(analysis, settings.batch_size),
                                                      settings.calib_batches),
                                   seed=settings.seed)
     return MaskedEvaluator(analysis, batches, subset.labels, settings.providers, compensator)
@@ -346,14 +300,14 @@ def sensitivity_analysis(source, data, criterion: str | None = None, input_shape
     if not analysis.prunable_groups:
         raise TargetError(f"no prunable channel group in the model: {_first_blocker(analysis)}")
     criterion = criterion or "hrank"
-    if criterion in DATA_CRITERIA:
+    if needs_data(criterion):
         calibration = collect(analysis, dataset, [criterion], providers=providers,
                               progress=(lambda d, t: progress("calibration", d, t)) if progress else None)
         scores = data_scores(analysis, criterion, calibration, seed)
     else:
         scores = score_groups(analysis, criterion, seed=seed)
-    evaluator = _evaluator(analysis, dataset, Settings(Target("flops", 0.5), eval_images=eval_images, providers=providers,
-                                                       seed=seed), dataset if reconstruct == "local" else None)
+    evaluator = masked_evaluator(analysis, dataset, EvaluationSettings(eval_images=eval_images, seed=seed, providers=providers),
+                                 dataset if reconstruct == "local" else None)
     sens = measure_sensitivity(analysis, evaluator, scores, criterion, metric=metric,
                                progress=(lambda d, t: progress("sensitivity", d, t)) if progress else None)
     return sens, analysis
@@ -375,7 +329,7 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
     keep = analysis.keep_vector(plan_keep(analysis, plan))
     pruned = rewrite(analysis, keep)
     if mode != "none":
-        batches = _Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
+        batches = Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
                            plan.settings.get("calib_batches"))
         pruned, _ = reconstruct(analysis, keep, pruned, batches, mode=mode, seed=plan.settings.get("seed", 0))
     if check:
@@ -432,9 +386,13 @@ def measured_cost(proto: onnx.ModelProto, input_shapes) -> Cost:
     return cost.evaluate(analysis.full_keep())
 
 
-def inspect_model(source, input_shapes=None) -> dict:
-    """Per-layer costs, channel groups and blockers, as plain data (rendered by the CLI/report)."""
-    model, analysis, cost = prepare(source, input_shapes)
+def inspect_model(source, input_shapes=None, analysis: Analysis | None = None) -> dict:
+    """Per-layer costs, channel groups and blockers, as plain data (rendered by the CLI/report).
+    ``analysis`` (of ``source``, a Model) saves analysing it again."""
+    if analysis is None:
+        model, analysis, cost = prepare(source, input_shapes)
+    else:
+        model, cost = analysis.model, CostModel(analysis)
     keep = analysis.full_keep()
     total = cost.evaluate(keep)
     per_node = cost.per_node(keep)

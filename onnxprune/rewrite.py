@@ -21,8 +21,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .analysis import Analysis, Dim
-from .errors import ModelError, require_onnxruntime
-from .graph import _first_line, graph_inputs
+from .errors import ModelError, first_line
+from .model.graph import graph_inputs
+from .runtime.session import run
 
 
 class PatchContext:
@@ -129,7 +130,7 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, input_shapes: dic
     try:
         onnx.checker.check_model(pruned, full_check=True)
     except Exception as exc:
-        raise ModelError(f"pruned model fails the ONNX checker: {_first_line(exc)}") from exc
+        raise ModelError(f"pruned model fails the ONNX checker: {first_line(exc)}") from exc
     if [i.name for i in graph_inputs(pruned)] != [i.name for i in graph_inputs(original)]:
         raise ModelError("pruned model changed the input names")
     if [o.name for o in pruned.graph.output] != [o.name for o in original.graph.output]:
@@ -140,27 +141,6 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, input_shapes: dic
     for o, a, b in zip(original.graph.output, outs_a, outs_b):
         if np.shape(a) != np.shape(b):
             raise ModelError(f"pruned model output '{o.name}' has shape {np.shape(b)}, expected {np.shape(a)}")
-
-
-def session(proto: onnx.ModelProto, providers=None):
-    ort = require_onnxruntime()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # Idle onnxruntime threads otherwise spin for a while after each run and starve the numpy
-    # work (moments, metrics) that follows every batch: 3-10x slower reconstruction on 2 cores.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(proto.SerializeToString(), opts, providers=providers or ["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
-
-
-def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    sess = session(proto)
-    try:
-        return sess.run(None, feeds)
-    except Exception as exc:
-        raise ModelError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
 
 
 _NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,

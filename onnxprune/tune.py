@@ -9,34 +9,13 @@ importing torch; torch is imported only when a run starts (``pip install 'onnxpr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 
 from .data import ArrayDataset, input_specs, load_data
-from .evaluation import holdout_count, split_holdout
-
-HOLDOUT_MAX = 512  # held-out samples at most (issue 15.10)
 from .errors import DataError, require_torch
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    epochs: int = 3
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    batch_size: int = 128
-    temperature: float = 4.0
-    alpha: float = 0.5
-    augment: bool = False
-    train_bn: bool = False
-    seed: int = 0
-    device: str = "auto"
-    use_labels: bool = True
-    # Issue 15.10: without eval_data, this share of the training data (at most 512 samples, spread
-    # evenly) is held out to choose the best epoch, so a run that hurts is caught; 0: train on all.
-    holdout: float = 0.1
+from .evaluation import holdout_count, split_holdout
+from .settings import TuneSettings
 
 
 def shuffled_batches(dataset, batch_size: int, seed: int, use_labels: bool = True):
@@ -88,7 +67,7 @@ def finetune_model(student: onnx.ModelProto, data, *, teacher: onnx.ModelProto |
     evalset = load_data(eval_data, specs) if eval_data is not None else None
     source = "eval_data" if evalset is not None else None
     if evalset is None:
-        train, evalset = split_holdout(train, holdout_count(train.num_samples, settings.holdout, HOLDOUT_MAX))
+        train, evalset = split_holdout(train, holdout_count(train.num_samples, settings.holdout, settings.holdout_max))
         source = f"{evalset.num_samples} samples held out of the training data" if evalset is not None else None
     eval_fn = ordered_batches(evalset, settings.batch_size) if evalset is not None else None
     result = finetune(

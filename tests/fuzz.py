@@ -426,7 +426,7 @@ class Outcome:
 def run_case(seed: int, render_html: bool = False) -> Outcome:
     """Generate case ``seed`` and check it (module docstring); never raises, reports instead."""
     from onnxprune import Limits, Settings, Target, TargetError, apply_plan, compress, measured_cost
-    from onnxprune.graph import serialise
+    from onnxprune.model.files import serialise
     from onnxprune.report import ReportSettings, build_report, render, render_json, render_text
 
     rng = np.random.default_rng([seed, 1])

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from cli.main import main
+from onnxprune.cli.main import main
 from graphs import G
 
 
@@ -210,7 +210,7 @@ def test_overwritten_file_keeps_its_mode(tmp_path, umask, mode):
     import os
     import stat
 
-    from onnxprune.graph import write_bytes_atomic
+    from onnxprune.model.files import write_bytes_atomic
 
     umask(0o022)
     target = tmp_path / "out.bin"
@@ -279,13 +279,13 @@ def test_plan_path_cannot_replace_the_input_model(capsys, tmp_path, model):
 def test_failing_report_leaves_no_model_behind(capsys, monkeypatch, tmp_path, model):
     """The report is built before the model is saved: if building it fails (here: the latency
     measurement raises), neither the pruned model nor its plan is written."""
-    import onnxprune.report
+    import onnxprune.report.build
     from onnxprune.errors import OnnxPruneError
 
     def latency_fails(*args, **kwargs):
         raise OnnxPruneError("onnxruntime could not time the pruned model")
 
-    monkeypatch.setattr(onnxprune.report, "measure_latency", latency_fails)
+    monkeypatch.setattr(onnxprune.report.build, "measure_latency", latency_fails)
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--report", tmp_path / "r.html")
     assert code == 1 and err.strip() == "error: onnxruntime could not time the pruned model", err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
@@ -293,7 +293,7 @@ def test_failing_report_leaves_no_model_behind(capsys, monkeypatch, tmp_path, mo
 
 def test_html_report_without_matplotlib_fails_before_compressing(capsys, monkeypatch, tmp_path, model):
     import onnxprune
-    import onnxprune.report_html
+    import onnxprune.report.html
     from onnxprune.errors import DependencyError
 
     def no_matplotlib():
@@ -302,7 +302,7 @@ def test_html_report_without_matplotlib_fails_before_compressing(capsys, monkeyp
     def must_not_run(*args, **kwargs):
         raise AssertionError("compress ran although the HTML report cannot be drawn")
 
-    monkeypatch.setattr(onnxprune.report_html, "require_matplotlib", no_matplotlib)
+    monkeypatch.setattr(onnxprune.report.html, "require_matplotlib", no_matplotlib)
     monkeypatch.setattr(onnxprune, "compress", must_not_run)
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--report", tmp_path / "r.html")
     assert code == 1 and err.strip() == "error: matplotlib is not installed: pip install 'onnxprune[report]'", err

@@ -263,7 +263,7 @@ PRE = ["--input-size", "16", "--mean", "imagenet", "--std", "0.25", "--channel-o
 def test_image_preprocessing_options_on_every_command(capsys, tmp_path):
     """Item 12: every command that reads data takes the image preprocessing options; a model with
     a symbolic height and width needs --input-size; on an array file they are refused, not ignored."""
-    from test_inputs import nchw
+    from test_cli_inputs import nchw
 
     model = tmp_path / "s.onnx"
     onnx.save(nchw("N", h="H", w="W"), model)
@@ -299,7 +299,7 @@ def test_image_preprocessing_values(tmp_path):
     from PIL import Image
 
     from onnxprune.data import ImageSource, input_specs, load_data
-    from test_inputs import nchw
+    from test_cli_inputs import nchw
 
     images = _image_folder(tmp_path / "img", classes=1, per_class=1, size=(16, 20))
     src = ImageSource(str(images), 16, (0.485, 0.456, 0.406), (0.25,), "BGR", 1.0)
@@ -364,7 +364,7 @@ MOBILENET_NAMES = {i: f"/features/features.{i}/conv/conv.0/conv.0.0/Conv+/featur
 
 
 def test_labels_are_distinct_and_cut_at_separators():
-    from onnxprune.labels import damage_text, distinct_labels, line_styles, simplify
+    from onnxprune.report.labels import damage_text, distinct_labels, line_styles, simplify
 
     labels = distinct_labels(MOBILENET_NAMES, 28)
     assert len(set(labels.values())) == 17 and all(len(v) <= 28 for v in labels.values())
@@ -418,7 +418,8 @@ def test_sensitivity_plot_legend_distinct(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from onnxprune.sensitivity import Sensitivity, plot_sensitivity
+    from onnxprune.allocate.sensitivity import Sensitivity
+    from onnxprune.report.plots import plot_sensitivity
 
     figures = []
     monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
@@ -474,11 +475,11 @@ def test_long_model_layer_chart_names_layers(tmp_path):
 
     matplotlib.use("Agg")
     from onnxprune.report import build_report
-    from onnxprune.report_html import _per_layer_figure
+    from onnxprune.report.html import per_layer_figure
 
     model = _named_model(tmp_path / "deep.onnx", groups=60)
     report = build_report(str(model))
-    fig = _per_layer_figure(report, "macs", "MACs")
+    fig = per_layer_figure(report, "macs", "MACs")
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert 30 <= len(ticks) <= 48 and all("features." in t or "Gemm" in t for t in ticks), ticks[:5]
 

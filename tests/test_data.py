@@ -1,4 +1,4 @@
-"""Data sources: formats, batching, image folders, and one-line errors naming what is wrong."""
+"""Data sources (onnxprune.data): formats, batching, image folders, and one-line errors naming what is wrong."""
 
 from __future__ import annotations
 

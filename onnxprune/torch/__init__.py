@@ -10,7 +10,8 @@ from ..errors import require_torch
 
 require_torch()
 
-from .bridge import SUPPORTED_OPS, OnnxModule, to_torch, write_back  # noqa: E402
+from .module import OnnxModule, to_torch, write_back  # noqa: E402
+from .ops import SUPPORTED_OPS  # noqa: E402
 from .finetune import FinetuneResult, finetune  # noqa: E402
 
 __all__ = ["to_torch", "write_back", "finetune", "FinetuneResult", "OnnxModule", "SUPPORTED_OPS"]

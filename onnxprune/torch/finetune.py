@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, OnnxPruneError
-from .bridge import _TORCH_DTYPES, OnnxModule, to_torch, write_back
+from .module import OnnxModule, to_torch, write_back
+from .nodes import TORCH_DTYPES
 
 Batch = dict[str, np.ndarray]
 BatchesFn = Callable[[], Iterable[Batch]]
@@ -235,8 +236,8 @@ def _input_dtypes(*models: OnnxModule | None) -> dict[str, torch.dtype]:
     dtypes = {}
     for m in models:
         for name, elem in (m.input_types.items() if m is not None else ()):
-            if elem in _TORCH_DTYPES:
-                dtypes.setdefault(name, _TORCH_DTYPES[elem])
+            if elem in TORCH_DTYPES:
+                dtypes.setdefault(name, TORCH_DTYPES[elem])
     return dtypes
 
 

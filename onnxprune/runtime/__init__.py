@@ -1,0 +1,8 @@
+"""Running models with onnxruntime: the one place sessions are opened, sub-models are cut and
+prefix activations are cached.
+
+    session.py    open_session (providers, threads, >2 GiB models), session, run
+    submodel.py   graph walks (nodes above / below a set of tensors) and sub-model extraction
+    frontier.py   prefix-activation caches: Frontier (reconstruction passes), SuffixCache
+                  (the sensitivity analysis' focused evaluation)
+"""
