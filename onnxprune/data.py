@@ -258,6 +258,14 @@ class ArrayDataset(Dataset):
         out.labels = None if self.labels is None else self.labels[:n]
         return out
 
+    def select(self, indices: np.ndarray) -> ArrayDataset:
+        """The samples at ``indices``, in that order (the held-out split, issue 15.13)."""
+        out = copy.copy(self)
+        out.arrays = {k: a[indices] for k, a in self.arrays.items()}
+        out._n = len(indices)
+        out.labels = None if self.labels is None else self.labels[indices]
+        return out
+
 
 class IterableDataset(Dataset):
     """Feed dicts from any iterable, checked batch by batch and re-batched on the fly.
@@ -275,6 +283,11 @@ class IterableDataset(Dataset):
         self._limit = limit
         self.batch_size = batch_size
         self.labels = None
+
+    @property
+    def one_shot(self) -> bool:
+        """Whether the source can be read only once (a generator)."""
+        return self._one_shot
 
     @property
     def num_samples(self) -> int | None:
@@ -378,6 +391,13 @@ class ImageFolderDataset(Dataset):
         out = copy.copy(self)
         out.files = self.files[:n]
         out.labels = None if self.labels is None else self.labels[:n]
+        return out
+
+    def select(self, indices: np.ndarray) -> ImageFolderDataset:
+        """The images at ``indices``, in that order (the held-out split, issue 15.13)."""
+        out = copy.copy(self)
+        out.files = [self.files[i] for i in indices]
+        out.labels = None if self.labels is None else self.labels[indices]
         return out
 
     def _load(self, path: Path) -> np.ndarray:

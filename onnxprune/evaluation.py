@@ -15,7 +15,6 @@ opens onnxruntime sessions).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
@@ -55,16 +54,9 @@ def holdout_indices(num_samples: int, count: int) -> np.ndarray:
 
 def subset(dataset: Dataset, indices: np.ndarray) -> Dataset:
     """The samples at ``indices`` (in order) of an in-memory or image-folder dataset."""
-    out = copy.copy(dataset)
-    if isinstance(dataset, ArrayDataset):
-        out.arrays = {k: a[indices] for k, a in dataset.arrays.items()}
-        out._n = len(indices)
-    elif isinstance(dataset, ImageFolderDataset):
-        out.files = [dataset.files[i] for i in indices]
-    else:  # pragma: no cover - callers split only datasets of known size
+    if not isinstance(dataset, (ArrayDataset, ImageFolderDataset)):  # pragma: no cover - callers split only these
         raise TypeError(f"cannot split a {type(dataset).__name__}")
-    out.labels = None if dataset.labels is None else dataset.labels[indices]
-    return out
+    return dataset.select(indices)
 
 
 def split_holdout(dataset: Dataset, count: int) -> tuple[Dataset, Dataset | None]:
@@ -95,7 +87,7 @@ def data_fingerprint(dataset: Dataset | None) -> str | None:
             h.update(f"\n{Path(f).parent.name}/{Path(f).name}\n".encode())  # class folder and file name
             h.update(Path(f).read_bytes())
     else:
-        if getattr(dataset, "_one_shot", True):
+        if getattr(dataset, "one_shot", True):
             return None
         for feed in dataset.batches():
             for name in sorted(feed):
