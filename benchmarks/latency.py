@@ -20,6 +20,9 @@ predicted = original MACs / pruned MACs (onnxprune.cost, the numbers in the comp
 Diagnosis: per variant, how many convolutions onnxruntime runs in its blocked NCHWc layout and
 how many reorder nodes it inserts (read from the optimised graph it saves), and for a few
 variants an onnxruntime profile (``enable_profiling``) summed per kernel category.
+
+Pruning to a measured speed-up (``--speedup``), the probed alignment and the block search are
+benchmarked by benchmarks/speedup.py (docs/SPEEDUP.md).
 """
 
 from __future__ import annotations

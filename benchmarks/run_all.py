@@ -211,6 +211,15 @@ def sum_coverage(rec: dict, docs: Path, scratch: Path) -> list[str]:
     return []
 
 
+def sum_speedup(rec: dict, docs: Path, scratch: Path) -> list[str]:  # --- issue 16
+    res = _read_json(docs / "SPEEDUP.json")
+    if not isinstance(res, dict):
+        return []
+    import speedup
+
+    return speedup.summary_lines(res)
+
+
 def sum_latency(rec: dict, docs: Path, scratch: Path) -> list[str]:
     res = _read_json(docs / "LATENCY.json")
     if not isinstance(res, dict):
@@ -372,6 +381,11 @@ BENCHES = [
           "with round_to 1/8/16, original and pruned timed interleaved; why the speed-up falls short.",
           "LATENCY.md",
           summary=sum_latency),
+    Bench("speedup", "Pruning to a measured speed-up (--speedup)",  # --- issue 16
+          "compress --speedup asked vs measured at 1 and 2 threads; --flops with the probed alignment vs "
+          "multiples of 8; latency model cost and held-out error.",
+          "SPEEDUP.md",
+          summary=sum_speedup),
     Bench("tool_cost", "Tool cost per stage",
           "Wall time and peak memory of every stage on ResNet-50 at 224 with 256 images, and growth with model "
           "size (ResNet-18/50/101) and with the number of calibration images.",

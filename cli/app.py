@@ -18,6 +18,7 @@ from .compress import compress
 from .evaluate import evaluate
 from .finetune import finetune
 from .inspect import inspect
+from .profile import profile
 from .sensitivity import sensitivity
 
 
@@ -35,7 +36,7 @@ def cli(ctx, debug):
     ctx.ensure_object(dict)["debug"] = debug
 
 
-for command in (compress, apply, inspect, sensitivity, evaluate, finetune):
+for command in (compress, apply, inspect, sensitivity, evaluate, finetune, profile):
     cli.add_command(command)
 
 

@@ -11,6 +11,7 @@ from onnxprune.scoring.registry import ALL_CRITERIA
 
 from .common import Progress, data_options, image_options, input_shape_option, output_path, parse_input_shapes, side_output
 from .finetune import EpochPrinter, tune_options, tune_settings
+from .profile import auto_round_to, resolve_target, speed_lines, speed_options  # --- issue 16
 
 EXAMPLES_COMPRESS = """
 \b
@@ -23,6 +24,7 @@ Examples:
   onnxprune compress model.onnx --params 0.5 --round-to 16 -o small.onnx --json
   onnxprune compress model.onnx --flops 0.3 --input-shape input:1,3,320,320
   onnxprune compress model.onnx --flops 0.5 --data calib.npz --report model.report.html
+  onnxprune compress model.onnx --speedup 2 --threads 2           # measured on this machine
 """
 
 
@@ -48,6 +50,7 @@ CRITERIA = list(ALL_CRITERIA)
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("--flops", type=FRACTION, help="Fraction of MACs to remove, e.g. 0.3.")
 @click.option("--params", type=FRACTION, help="Fraction of parameters to remove (instead of --flops).")
+@speed_options
 @click.option("-o", "--output", type=click.Path(), help="Pruned model path [default: MODEL.pruned.onnx].")
 @click.option("--plan", "plan_path", type=click.Path(), help="Plan JSON path [default: OUTPUT with .plan.json].")
 @click.option("--criterion", type=click.Choice(CRITERIA),
@@ -66,10 +69,11 @@ CRITERIA = list(ALL_CRITERIA)
 @click.option("--round-to", default="auto", show_default=True, metavar="N|auto",
               help="Kept channel counts are multiples of N where a group has at least N channels. onnxruntime's CPU "
                    "convolutions leave their fast blocked (NCHWc) kernels for other counts: with 1, pruned models "
-                   "ran at 0.46-0.67x of the FLOPs-predicted speed-up (7 of 12 slower than the original at batch 16), "
-                   "with 8 at 0.70-0.89x, with 16 at 0.87-0.97x (docs/LATENCY.md, geometric means over models and "
-                   "targets). auto: 8, or exact counts (1) where 8 cannot reach the target (small models; the summary "
-                   "says so). 16 suits AVX-512 servers.")
+                   "ran at 0.46-0.50x of the FLOPs-predicted speed-up (some slower than the original), with 8 at "
+                   "0.73-0.76x, with 16 at 0.91-0.99x (docs/LATENCY.md, AVX-512 CPU). auto: the block onnxruntime pads to on this "
+                   "machine (probed: 16 with AVX-512, 8 with AVX2; 8 for cuda), stepping down to 8/4, then exact counts, "
+                   "where it cannot reach the target (the summary says so). Counts are chosen by an exact search "
+                   "over aligned blocks, so targets are met within about a point.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
 @click.option("--rank-early-stop", type=click.FloatRange(0, min_open=True), metavar="TOL",
               help="HRank: stop ranking a layer once no channel's mean rank moved by TOL over the last 32 images "
@@ -97,7 +101,7 @@ CRITERIA = list(ALL_CRITERIA)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, nothing printed on success.")
-def compress(model, flops, params, output, plan_path, criterion, allocation, reconstruct, sensitivity_path,
+def compress(model, flops, params, speedup, latency_ms, threads, deploy_batch, output, plan_path, criterion, allocation, reconstruct, sensitivity_path,
              sensitivity_metric, max_ratio,
              min_channels, round_to, seed, rank_early_stop, data, eval_data, calib_batches, batch_size, eval_images, device, input_shapes,
              finetune_data, epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, tune_holdout,
@@ -109,12 +113,11 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     from onnxprune.model.files import check_writable, write_bytes_atomic, write_text_atomic
     from onnxprune.report import build_report, format_of, render
 
-    if (flops is None) == (params is None):
-        raise click.UsageError("give exactly one of --flops or --params")
-    target = Target("flops", flops) if flops is not None else Target("params", params)
+    target, allocator = resolve_target(flops, params, speedup, latency_ms, device, threads, deploy_batch, allocation)
     from onnxprune.settings import auto_limits  # --round-to auto: the API's default too (issue 15.9)
 
-    limits = auto_limits(max_ratio, min_channels) if round_to == "auto" else Limits(max_ratio, min_channels, _positive_int(round_to))
+    limits = (auto_limits(max_ratio, min_channels, "cuda" if device == "cuda" else "cpu") if round_to == "auto"
+              else Limits(max_ratio, min_channels, _positive_int(round_to)))
     if dry_run and (report_path or finetune_data):  # issue 15.14
         raise click.UsageError("--dry-run writes nothing and builds no model: drop --report and --finetune")
     # Every output path is checked before the (slow) compression.
@@ -154,7 +157,7 @@ def compress(model, flops, params, output, plan_path, criterion, allocation, rec
     data, eval_data, finetune_data = with_images(data), with_images(eval_data), with_images(finetune_data)
     with Progress(quiet or as_json) as progress:
         result = run_compress(model, settings, parse_input_shapes(input_shapes), data=data, eval_data=eval_data,
-                              sensitivity=sens, progress=progress)
+                              sensitivity=sens, progress=progress, allocator=allocator)
     summary = {**result.summary, "output": str(out), "plan": str(plan_out)}
     if dry_run:
         summary["dry_run"] = True
@@ -272,6 +275,7 @@ def format_summary(s: dict) -> str:
         f"{s['channels']['removed']} of {s['channels']['prunable']} channels removed"
         + (f"; kept counts multiples of {s['round_to']}" if s.get("round_to", 1) > 1 else ""),
     ]
+    lines += speed_lines(s)
     lines += [f"note     {n}" for n in s.get("notes", [])]
     if "calibration" in s:
         c = s["calibration"]

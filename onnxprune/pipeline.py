@@ -123,12 +123,13 @@ def load_inputs(source, input_shapes=None, data=None, eval_data=None, limit=None
 
 
 def compress(source, settings: Settings, input_shapes=None, data=None, eval_data=None,
-             sensitivity: Sensitivity | None = None, progress=None) -> Result:
+             sensitivity: Sensitivity | None = None, progress=None, allocator=None) -> Result:
     """Prune ``source`` (path, ModelProto or Model) to the settings' target.
 
     ``data`` (calibration) and ``eval_data`` (sensitivity; labels give accuracy drop) are
     anything ``onnxprune.data.load_data`` reads. ``progress(stage, done, total)`` reports long
-    stages.
+    stages. ``allocator(analysis, cost, scores, limits, sensitivity) -> Allocation`` replaces the
+    built-in allocations (``allocate.speed.latency_allocator``: a measured speed-up target).
     """
     timer = Timer()
     model, dataset, evalset = load_inputs(source, input_shapes, data, eval_data)
@@ -168,6 +169,8 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
             sensitivity.check(analysis)
 
     def allocate(limits: Limits) -> Allocation:
+        if allocator is not None:  # --- issue 16: latency targets
+            return allocator(analysis, cost, scores, limits, sensitivity)
         if settings.allocation == "sensitivity":
             return allocate_sensitivity(analysis, cost, scores, sensitivity, settings.target, limits)
         if settings.allocation == "global":
@@ -178,14 +181,24 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     try:
         allocation = allocate(limits)
     except TargetError:
-        if not settings.round_to_fallback or limits.round_to == 1:
+        if not settings.round_to_fallback or limits.round_to == 1 or allocator is not None:
             raise
         # Kept counts in multiples of N keep onnxruntime's fast kernels but cap small models:
-        # meet the target with exact counts rather than fail (the summary says so).
-        round_to_note = (f"--round-to {limits.round_to} cannot reach the target on this model: kept channel counts "
-                         "are exact (round_to 1), which may run slower than rounded ones (docs/LATENCY.md)")
-        limits = replace(limits, round_to=1)
-        allocation = allocate(limits)
+        # meet the target with smaller multiples rather than fail (the summary says so).
+        # --- issue 16: step the alignment down (16 -> 8 -> 4: onnxruntime keeps multiples of 4 in its
+        # blocked layout, padded), exact counts only where even 4 cannot reach the target
+        asked, allocation = limits.round_to, None
+        for step in [a for a in (asked // 2, asked // 4) if a >= 4 and asked % a == 0] + [1]:
+            limits = replace(limits, round_to=step)
+            try:
+                allocation = allocate(limits)
+                break
+            except TargetError:
+                if step == 1:
+                    raise
+        round_to_note = (f"--round-to {asked} cannot reach the target on this model: kept channel counts are multiples "
+                         f"of {limits.round_to}" + (" (exact), which may run slower than rounded ones (docs/LATENCY.md)"
+                                                     if limits.round_to == 1 else ", padded by onnxruntime to its block"))
     timer.lap("allocation")
 
     pruned = None if settings.dry_run else rewrite(analysis, allocation.keep)
@@ -230,6 +243,8 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     summary = summarise(analysis, allocation, criterion, timer)
     summary["reconstruct"] = mode
     summary["round_to"] = limits.round_to
+    if "speed" in allocation.details:  # --- issue 16: target, predicted and measured speed-up
+        summary["speed"] = allocation.details["speed"]
     if round_to_note:
         summary["notes"] = [round_to_note]
     data_notes = [n for d in (dataset, evalset) if d is not None for n in d.notes]  # issue 15.7

@@ -19,22 +19,18 @@ from .scoring.registry import ALL_CRITERIA, DATA_CRITERIA, WEIGHT_CRITERIA
 
 RECONSTRUCT_MODES = ("none", "local", "ldrf")
 ALLOCATIONS = ("uniform", "sensitivity", "global")
-# Issue 15.9: the one default of the API and the CLI (``--round-to auto``): kept channel counts in
-# multiples of onnxruntime's NCHWc block on AVX2 (docs/LATENCY.md), exact counts where that
-# cannot reach the target (``round_to_fallback``; the summary says so). The one place that
-# decides what "auto" means: ``auto_limits`` below.
-AUTO_ROUND_TO = 8
 
 
 @dataclass(frozen=True)
 class Target:
-    """Remove ``fraction`` of the model's ``kind`` ("flops" = MACs, or "params")."""
+    """Remove ``fraction`` of the model's ``kind`` ("flops" = MACs, or "params"; "latency": the
+    latency model's prediction, set by allocate.speed.latency_allocator)."""
 
     kind: str
     fraction: float
 
     def __post_init__(self):
-        if self.kind not in ("flops", "params"):
+        if self.kind not in ("flops", "params", "latency"):
             raise TargetError(f"unknown target kind {self.kind!r}: use flops or params")
         if not 0.0 < self.fraction < 1.0:
             raise TargetError(
@@ -67,16 +63,26 @@ class Limits:
         return int(min(n, max(kept, min(floor, n), 1)))
 
 
-def auto_limits(max_ratio: float = 0.8, min_channels: int = 1) -> Limits:
-    """The limits of ``--round-to auto`` (pair them with ``round_to_fallback=True``)."""
-    return Limits(max_ratio, min_channels, AUTO_ROUND_TO)
+def auto_round_to(device: str = "cpu") -> int:
+    """What ``round_to`` "auto" means, for the API and the CLI alike (issue 15.9): the channel
+    alignment the runtime pads to, probed once per process (issue 16: onnxruntime's NCHWc block,
+    16 with AVX-512, 8 with AVX2; 8 for cuda). Kept counts in its multiples keep the fast blocked
+    kernels (docs/LATENCY.md); ``round_to_fallback`` steps down where it cannot reach the target."""
+    from .runtime.latency import detect_alignment  # at call time: runtime.latency imports this module
+
+    return detect_alignment(device)
+
+
+def auto_limits(max_ratio: float = 0.8, min_channels: int = 1, device: str = "cpu") -> Limits:
+    """The limits of ``--round-to auto``, the default of ``Settings`` (pair them with ``round_to_fallback=True``)."""
+    return Limits(max_ratio, min_channels, auto_round_to(device))
 
 
 @dataclass(frozen=True)
 class Settings:
     """What ``compress`` does. ``None`` picks the default: criterion ``hrank`` with data, ``l1``
     without; reconstruction ``ldrf`` with data, ``none`` without. The defaults are the CLI's:
-    ``round_to`` auto (``auto_limits``, falling back to exact counts), a fifth of the data held
+    ``round_to`` auto (``auto_limits``: the probed alignment, stepping down where it cannot reach the target), a fifth of the data held
     out to measure the result. ``Limits(round_to=N)`` with ``round_to_fallback=False`` is
     ``--round-to N``."""
 

@@ -70,24 +70,30 @@ def test_round_to_keeps_multiples(capsys, model, tmp_path):
     assert plan["groups"] and all(len(g["kept"]) % 4 == 0 for g in plan["groups"])
 
 
-def test_round_to_auto_is_8_and_falls_back_to_exact_counts(capsys, model, tmp_path):
-    """The default --round-to auto keeps multiples of 8 (onnxruntime's fast kernels) where the
-    target allows it; where 8 cannot reach it (this small model at 50%), exact counts, said in
-    the summary; an explicit N never falls back."""
+def test_round_to_auto_is_the_probed_alignment_and_steps_down(capsys, model, tmp_path):
+    """The default --round-to auto keeps multiples of onnxruntime's NCHWc block (probed: 8 with
+    AVX2, 16 with AVX-512) where the target allows it; where it cannot reach it (this small
+    model at 50%), smaller multiples down to 4, then exact counts, said in the summary; an
+    explicit N never falls back."""
+    from onnxprune.runtime.latency import detect_alignment
+
+    align = detect_alignment()
     root = Path(__file__).resolve().parents[1]
     code, out, err = run_cli(capsys, "compress", root / "models" / "resnet20_fmnist.onnx", "--flops", "0.3",
                              "-o", tmp_path / "r20.onnx", "--json")
     assert code == 0, err
     s = json.loads(out)
-    assert s["round_to"] == 8 and not any("--round-to" in n for n in s.get("notes", []))  # (the data-free note stays)
+    assert s["round_to"] == align and not any("--round-to" in n for n in s.get("notes", []))  # (the data-free note stays)
     plan = json.loads((tmp_path / "r20.plan.json").read_text())
-    assert plan["groups"] and all(len(g["kept"]) % 8 == 0 for g in plan["groups"])
+    assert plan["groups"] and all(len(g["kept"]) % align == 0 for g in plan["groups"])
     code, out, err = run_cli(capsys, "compress", model, "--flops", "0.5", "-o", tmp_path / "a.onnx", "--json")
     assert code == 0, err
     s = json.loads(out)
-    assert s["round_to"] == 1 and "--round-to 8 cannot reach the target" in s["notes"][0]
+    assert s["round_to"] < align and f"--round-to {align} cannot reach the target" in s["notes"][0]
+    plan = json.loads((tmp_path / "a.plan.json").read_text())
+    assert all(len(g["kept"]) % s["round_to"] == 0 for g in plan["groups"] if len(g["kept"]) < 16)
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.5", "--round-to", "8", "-o", tmp_path / "b.onnx")
-    assert code == 1 and "cannot remove 50%" in err
+    assert code == 1 and "cannot remove 50" in err
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.5", "--round-to", "eight", "-o", tmp_path / "c.onnx")
     assert code == 2 and "--round-to" in err
 
@@ -158,7 +164,7 @@ def test_bad_input_gives_one_line_error(capsys, tmp_path, model, case, args, mes
 
 def test_usage_errors_exit_2(capsys, model):
     code, _, err = run_cli(capsys, "compress", model)
-    assert code == 2 and "exactly one of --flops or --params" in err
+    assert code == 2 and "exactly one of --flops, --params, --speedup or --latency-ms" in err
     code, _, err = run_cli(capsys, "compress", model, "--flops", "0.3", "--input-shape", "bad")
     assert code == 2
 

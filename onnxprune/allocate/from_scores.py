@@ -27,6 +27,12 @@ def allocate_sensitivity(
 ) -> Allocation:
     """Each group gets ``ratio_at(curve, threshold)``; the threshold is binary-searched so the
     network removes at least the target fraction. Groups without a curve keep everything."""
+    if limits.round_to > 1:  # --- block search hook (issue 16): exact counts, then rounded to aligned blocks
+        from .blocks import round_allocation
+
+        curved = {gid: s for gid, s in scores.items() if gid in sens.curves}
+        return round_allocation(analysis, cost, curved, target, limits,
+                                lambda exact: allocate_sensitivity(analysis, cost, scores, sens, target, exact))
     base = cost.evaluate(analysis.full_keep())
     order = ranked(scores)
     ratios = np.asarray(sens.ratios)
@@ -60,6 +66,10 @@ def allocate_global(
     layers (an L1 norm grows with fan-in, an HRank rank with the map size). Per-group bounds
     (``--max-ratio``, minimum channels, ``--round-to``) cap how many channels a group can lose.
     """
+    if limits.round_to > 1:  # --- block search hook (issue 16): the same ranking, over aligned blocks
+        from .blocks import allocate_global_blocks
+
+        return allocate_global_blocks(analysis, cost, scores, target, limits)
     base = cost.evaluate(analysis.full_keep())
     order = ranked(scores)
     norm = {gid: s / (np.mean(s) if np.mean(s) > 0 else 1.0) for gid, s in scores.items()}

@@ -23,6 +23,11 @@ def allocate_uniform(
     target: Target,
     limits: Limits = Limits(),
 ) -> Allocation:
+    if limits.round_to > 1:  # --- block search hook (issue 16): exact counts, then rounded to aligned blocks
+        from .blocks import round_allocation
+
+        return round_allocation(analysis, cost, scores, target, limits,
+                                lambda exact: allocate_uniform(analysis, cost, scores, target, exact))
     base = cost.evaluate(analysis.full_keep())
     order = ranked(scores)
     sizes = {gid: len(s) for gid, s in scores.items()}

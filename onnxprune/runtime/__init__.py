@@ -5,4 +5,6 @@ prefix activations are cached.
     submodel.py   graph walks (nodes above / below a set of tensors) and sub-model extraction
     frontier.py   prefix-activation caches: Frontier (reconstruction passes), SuffixCache
                   (the sensitivity analysis' focused evaluation)
+    latency.py    the latency model (onnxruntime profiles of aligned variants, cached) and the
+                  interleaved speed-up measurement (issue 16)
 """

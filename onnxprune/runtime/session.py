@@ -76,13 +76,17 @@ class Runner:
 
 
 def open_session(model, providers: Sequence | None = None, *, spinning: bool = True,
-                 threads: int = 0, inter_op_threads: int = 0) -> Runner:
-    """An onnxruntime session over a ModelProto or a path, with the provider really used.
+                 threads: int = 0, inter_op_threads: int = 0, profile_prefix: str | None = None,
+                 optimized_path: str | None = None) -> Runner:
+    """An onnxruntime session over a ModelProto, a serialised model (bytes) or a path, with the
+    provider really used.
 
     ``spinning=False`` stops onnxruntime's idle threads from busy-waiting between runs; the
     calibration pass turns it off because numpy works between runs and would compete with
     them for the cores. ``threads`` sets onnxruntime's intra-op threads, ``inter_op_threads``
-    its inter-op threads (0: its defaults).
+    its inter-op threads (0: its defaults). ``profile_prefix`` turns on onnxruntime's profiler
+    (``session.end_profiling()`` returns the JSON's path) and ``optimized_path`` saves the
+    optimised graph; the latency model (runtime.latency) uses both.
     """
     ort = require_onnxruntime()
     chosen, warnings = resolve_providers(providers)
@@ -92,6 +96,11 @@ def open_session(model, providers: Sequence | None = None, *, spinning: bool = T
     options.inter_op_num_threads = inter_op_threads
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
     tmp = None
     if isinstance(model, onnx.ModelProto):
         _check_external_data(model)
@@ -101,6 +110,8 @@ def open_session(model, providers: Sequence | None = None, *, spinning: bool = T
             tmp = tempfile.TemporaryDirectory(prefix="onnxprune-")
             source = str(Path(tmp.name) / "model.onnx")
             onnx.save_model(model, source, save_as_external_data=True, location="model.onnx.data")
+    elif isinstance(model, (bytes, bytearray)):
+        source = bytes(model)
     else:
         source = str(model)
     try:
