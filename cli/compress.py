@@ -69,8 +69,9 @@ CRITERIA = list(ALL_CRITERIA)
 @click.option("--round-to", default="auto", show_default=True, metavar="N|auto",
               help="Kept channel counts are multiples of N where a group has at least N channels. onnxruntime's CPU "
                    "convolutions leave their fast blocked (NCHWc) kernels for other counts: with 1, pruned models "
-                   "ran at 0.46-0.50x of the FLOPs-predicted speed-up (some slower than the original), with 8 at "
-                   "0.73-0.76x, with 16 at 0.91-0.99x (docs/LATENCY.md, AVX-512 CPU). auto: the block onnxruntime pads to on this "
+                   "ran at 0.46-0.67x of the FLOPs-predicted speed-up (7 of 12 slower than the original at batch 16), "
+                   "with 8 at 0.70-0.89x, with 16 at 0.87-0.97x (docs/LATENCY.md, geometric means over models and "
+                   "targets, AVX-512 CPU). auto: the block onnxruntime pads to on this "
                    "machine (probed: 16 with AVX-512, 8 with AVX2; 8 for cuda), stepping down to 8/4, then exact counts, "
                    "where it cannot reach the target (the summary says so). Counts are chosen by an exact search "
                    "over aligned blocks, so targets are met within about a point.")
