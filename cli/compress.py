@@ -54,12 +54,13 @@ CRITERIA = list(ALL_CRITERIA)
 @click.option("-o", "--output", type=click.Path(), help="Pruned model path [default: MODEL.pruned.onnx].")
 @click.option("--plan", "plan_path", type=click.Path(), help="Plan JSON path [default: OUTPUT with .plan.json].")
 @click.option("--criterion", type=click.Choice(CRITERIA),
-              help="Channel score [default: hrank with --data, else l1]. hrank/apoz/mean_activation/recon need --data.")
+              help="Channel score [default: hrank with --data, else l1]. hrank/apoz/mean_activation/recon/obs need --data; obs: structured Optimal Brain Surgeon (channels chosen by what the refit recovers); group_magnitude: all weights of the channel group (Torch-Pruning's default).")
 @click.option("--allocation", type=click.Choice(["uniform", "sensitivity", "global"]), default="uniform", show_default=True,
               help="uniform: one ratio for all groups (ACRA binary search); sensitivity: per-group damage curves "
                    "and a shared threshold (ACRA); global: channels ranked across groups.")
-@click.option("--reconstruct", type=click.Choice(["none", "local", "ldrf"]),
-              help="Compensate removed channels in the next layers [default: ldrf with --data, else none].")
+@click.option("--reconstruct", type=click.Choice(["none", "local", "ldrf", "obs"]),
+              help="Compensate removed channels in the next layers [default: obs with --criterion obs, ldrf with "
+                   "--data, else none]; obs: fold the Optimal Brain Surgeon refit (with --criterion obs).")
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(), help="Reuse a saved `onnxprune sensitivity` JSON.")
 @click.option("--sensitivity-metric", type=click.Choice(["accuracy_drop", "kl", "disagreement", "error"]),
               help="Damage measure of --allocation sensitivity [default: accuracy_drop with labels, else kl "

@@ -143,12 +143,23 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     if not analysis.prunable_groups:
         raise TargetError(f"no prunable channel group in the model: {_first_blocker(analysis)}")
     criterion = settings.criterion or ("hrank" if dataset is not None else "l1")
-    mode = settings.reconstruct or ("ldrf" if dataset is not None else "none")
+    mode = settings.reconstruct or ("obs" if criterion == "obs" else "ldrf" if dataset is not None else "none")  # obs: issue 17
     _check_settings(settings, criterion, mode, dataset, evalset if sensitivity is None else True)  # saved curves need no data
     stage = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
 
     calibration = None
-    if needs_data(criterion):
+    # --- issue 17: OBS selection (profiles from the dense network; groups re-chosen after allocation) ---
+    obs_batches = Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches) \
+        if criterion == "obs" else None
+    if criterion == "obs" and settings.allocation == "uniform":
+        # uniform counts do not depend on the scores, and obs_select re-chooses every group
+        obs_order, scores = None, score_groups(analysis, "group_magnitude", seed=settings.seed)
+        timer.lap("scoring")
+    elif criterion == "obs":
+        obs_order, scores = _obs_scores(analysis, obs_batches, settings.seed)
+        timer.lap("obs profiles")
+    # --- end issue 17 ---
+    elif needs_data(criterion):
         calibration = collect(analysis, dataset, [criterion], providers=settings.providers, progress=stage("calibration"),
                               max_batches=settings.calib_batches, batch_size=settings.batch_size,
                               rank_patience=RANK_PATIENCE if settings.rank_early_stop is not None else None,
@@ -200,11 +211,28 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
                          f"of {limits.round_to}" + (" (exact), which may run slower than rounded ones (docs/LATENCY.md)"
                                                      if limits.round_to == 1 else ", padded by onnxruntime to its block"))
     timer.lap("allocation")
+    selection = None  # --- issue 17: the allocated counts, channels chosen on the network pruned so far ---
+    if criterion == "obs":
+        from .scoring.obs import ObsSettings
+        from .scoring.obs_select import obs_select
+
+        selection = obs_select(analysis, {g: len(k) for g, k in allocation.kept.items()}, obs_batches,
+                               ObsSettings(seed=settings.seed), fallback=obs_order)
+        keep = analysis.keep_vector(selection.kept)
+        allocation = replace(allocation, kept={g: selection.kept.get(g, k) for g, k in allocation.kept.items()},
+                             keep=keep, cost=cost.evaluate(keep))
+        timer.lap("obs selection")
+    # --- end issue 17 ---
 
     pruned = None if settings.dry_run else rewrite(analysis, allocation.keep)
     timer.lap("rewrite")
     recon_report = None
-    if mode != "none" and pruned is not None:
+    if mode == "obs" and pruned is not None:  # issue 17: fold the OBS refit instead of LDRF's
+        from .reconstruct.obs_fold import fold_obs
+
+        pruned = fold_obs(analysis, allocation.keep, pruned, selection)
+        timer.lap("reconstruction")
+    elif mode != "none" and pruned is not None:
         batches = Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches)
         pruned, recon_report = reconstruct(analysis, allocation.keep, pruned, batches, mode=mode, seed=settings.seed,
                                            progress=stage("reconstruction"))
@@ -274,6 +302,14 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     return Result(pruned, plan, summary, analysis, allocation, sensitivity, scores)
 
 
+def _obs_scores(analysis: Analysis, batches, seed: int) -> tuple[dict, dict]:
+    """Issue 17: the dense network's OBS profiles as (channel order, comparable scores) per group."""
+    from .scoring.obs import ObsSettings, obs_profiles, scores_from_profiles
+
+    order, loss = obs_profiles(analysis, batches, ObsSettings(seed=seed))
+    return order, scores_from_profiles(order, loss)
+
+
 def _check_settings(settings: Settings, criterion: str, mode: str, dataset, evalset) -> None:
     """The checks that depend on the data given (the rest: ``Settings.__post_init__``);
     ``criterion`` and ``mode`` are the resolved defaults."""
@@ -315,7 +351,9 @@ def sensitivity_analysis(source, data, criterion: str | None = None, input_shape
     if not analysis.prunable_groups:
         raise TargetError(f"no prunable channel group in the model: {_first_blocker(analysis)}")
     criterion = criterion or "hrank"
-    if needs_data(criterion):
+    if criterion == "obs":  # issue 17: the removal order of the dense network's OBS profiles
+        _, scores = _obs_scores(analysis, Batches(dataset, recon_batch_size(analysis)), seed)
+    elif needs_data(criterion):
         calibration = collect(analysis, dataset, [criterion], providers=providers,
                               progress=(lambda d, t: progress("calibration", d, t)) if progress else None)
         scores = data_scores(analysis, criterion, calibration, seed)
@@ -343,7 +381,18 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
         dataset = plan_calibration_data(plan, dataset, other_data)
     keep = analysis.keep_vector(plan_keep(analysis, plan))
     pruned = rewrite(analysis, keep)
-    if mode != "none":
+    if mode == "obs":  # issue 17: the OBS selection is deterministic: rerun it for the refitted weights
+        from .reconstruct.obs_fold import fold_obs
+        from .scoring.obs import ObsSettings
+        from .scoring.obs_select import obs_select
+
+        batches = Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
+                          plan.settings.get("calib_batches"))
+        counts = {g.id: int(keep[analysis.group_offsets[g.id]:analysis.group_offsets[g.id + 1]].sum())
+                  for g in analysis.prunable_groups}
+        selection = obs_select(analysis, counts, batches, ObsSettings(seed=plan.settings.get("seed", 0)))
+        pruned = fold_obs(analysis, keep, pruned, selection)
+    elif mode != "none":
         batches = Batches(dataset, recon_batch_size(analysis, plan.settings.get("batch_size")),
                            plan.settings.get("calib_batches"))
         pruned, _ = reconstruct(analysis, keep, pruned, batches, mode=mode, seed=plan.settings.get("seed", 0))

@@ -17,7 +17,7 @@ import numpy as np
 from .errors import OnnxPruneError, TargetError
 from .scoring.registry import ALL_CRITERIA, DATA_CRITERIA, WEIGHT_CRITERIA
 
-RECONSTRUCT_MODES = ("none", "local", "ldrf")
+RECONSTRUCT_MODES = ("none", "local", "ldrf", "obs")  # obs: the OBS refit of criterion obs (issue 17)
 ALLOCATIONS = ("uniform", "sensitivity", "global")
 
 
@@ -81,10 +81,10 @@ def auto_limits(max_ratio: float = 0.8, min_channels: int = 1, device: str = "cp
 @dataclass(frozen=True)
 class Settings:
     """What ``compress`` does. ``None`` picks the default: criterion ``hrank`` with data, ``l1``
-    without; reconstruction ``ldrf`` with data, ``none`` without. The defaults are the CLI's:
-    ``round_to`` auto (``auto_limits``: the probed alignment, stepping down where it cannot reach the target), a fifth of the data held
-    out to measure the result. ``Limits(round_to=N)`` with ``round_to_fallback=False`` is
-    ``--round-to N``."""
+    without; reconstruction ``ldrf`` with data, ``none`` without (``obs`` with criterion ``obs``). The
+    defaults are the CLI's: ``round_to`` auto (``auto_limits``: the probed alignment, stepping down
+    where it cannot reach the target), a fifth of the data held out to measure the result.
+    ``Limits(round_to=N)`` with ``round_to_fallback=False`` is ``--round-to N``."""
 
     target: Target
     criterion: str | None = None
@@ -120,6 +120,8 @@ class Settings:
             raise OnnxPruneError(f"unknown reconstruction {self.reconstruct!r}; available: {', '.join(RECONSTRUCT_MODES)}")
         if self.rank_early_stop is not None and (self.criterion not in (None, "hrank") or not self.rank_early_stop > 0):
             raise OnnxPruneError("--rank-early-stop takes a positive tolerance and applies to --criterion hrank only")
+        if self.reconstruct == "obs" and self.criterion != "obs":  # issue 17
+            raise OnnxPruneError("--reconstruct obs folds the OBS refit: it needs --criterion obs")
         if self.allocation not in ALLOCATIONS:
             raise OnnxPruneError(f"unknown allocation {self.allocation!r}; available: {', '.join(ALLOCATIONS)}")
 

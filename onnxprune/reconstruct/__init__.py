@@ -7,6 +7,7 @@ next layers' weights (README, "How it works").
     fold.py         folding a fit into weights and biases
     ldrf.py         the passes: waves of consumers over the calibration data (``reconstruct``)
     compensator.py  the same fit for the sensitivity analysis' masked evaluation
+    obs_fold.py     folding the structured OBS refit (``--reconstruct obs``, issue 17)
 """
 
 from .compensator import Compensator

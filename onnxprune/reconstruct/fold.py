@@ -51,22 +51,26 @@ def apply_folds(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, f
         kept_channels = np.flatnonzero(atoms[o_dim.offset : o_dim.offset + o_dim.size])
         w = np.asarray(analysis.model.tensors[c.weight].values, dtype=np.float64)
         new_w, delta = fold(w, c, fits[i], kept_channels)
-        new_w = _slice_other_axes(analysis, atoms, c.weight, new_w, skip_axis=c.in_dim.axis)
+        new_w = slice_other_axes(analysis, atoms, c.weight, new_w, skip_axis=c.in_dim.axis)
         dtype = numpy_helper.to_array(inits[c.weight]).dtype
         inits[c.weight].CopyFrom(numpy_helper.from_array(new_w.astype(dtype), c.weight))
         if delta is not None and np.any(delta != 0) and analysis.model.graph.nodes[c.node].op != "MatMul":
-            _add_bias(analysis, atoms, proto, inits, c, delta, dtype)
+            add_bias(analysis, atoms, proto, inits, c, delta, dtype)
     return proto
 
 
-def _slice_other_axes(analysis, atoms, name, array, skip_axis):
+def slice_other_axes(analysis, atoms, name, array, skip_axis):
+    """``array`` (the initializer ``name``'s new value) with the pruned channels of every analysed
+    axis but ``skip_axis`` removed, as the rewrite removed them (used by the OBS fold too)."""
     for (tname, axis), d in analysis.by_key.items():
         if tname == name and axis != skip_axis:
             array = np.take(array, np.flatnonzero(atoms[d.offset : d.offset + d.size]), axis=axis)
     return array
 
 
-def _add_bias(analysis, atoms, proto, inits, c: Consumer, delta, dtype) -> None:
+def add_bias(analysis, atoms, proto, inits, c: Consumer, delta, dtype) -> None:
+    """Add ``delta`` (per output channel of the unpruned consumer, in ``A @ B`` units) to the
+    consumer's bias in ``proto``, creating the bias input where it has none."""
     out_dim = next((d for (t, a), d in analysis.by_key.items() if t == c.weight and a == c.out_axis), None)
     if out_dim is not None:
         delta = delta[np.flatnonzero(atoms[out_dim.offset : out_dim.offset + out_dim.size])]

@@ -81,7 +81,7 @@ def reconstruct(analysis: Analysis, keep: np.ndarray, pruned: onnx.ModelProto, b
         selected = [i for i, t in enumerate(touched) if t]
         waves = [selected]
     else:
-        waves = _waves(analysis, consumers, _upstream_pruned(analysis, consumers, touched, atoms))
+        waves = depth_waves(analysis, consumers, _upstream_pruned(analysis, consumers, touched, atoms))
     fits: dict[int, np.ndarray] = {}
     current = copy.deepcopy(pruned) if mode == "ldrf" else pruned
     # subgraphs (If/Loop bodies) read outer tensors a segment would not carry: whole-prefix passes
@@ -141,11 +141,12 @@ def _upstream_pruned(analysis, consumers, touched, atoms) -> list[bool]:
     pruned_tensors = {d.tensor for d in analysis.dims if not atoms[d.offset : d.offset + d.size].all()}
     result = []
     for i, c in enumerate(consumers):
-        result.append(touched[i] or bool(_ancestors(analysis, c.observed) & pruned_tensors))
+        result.append(touched[i] or bool(ancestor_tensors(analysis, c.observed) & pruned_tensors))
     return result
 
 
-def _ancestors(analysis: Analysis, name: str) -> set[str]:
+def ancestor_tensors(analysis: Analysis, name: str) -> set[str]:
+    """Every tensor ``name`` is computed from (itself included)."""
     tensors = analysis.model.tensors
     seen, stack = set(), [tensors[name]]
     while stack:
@@ -158,7 +159,7 @@ def _ancestors(analysis: Analysis, name: str) -> set[str]:
     return seen
 
 
-def _waves(analysis: Analysis, consumers: list[Consumer], active: list[bool]) -> list[list[int]]:
+def depth_waves(analysis: Analysis, consumers: list[Consumer], active: list[bool]) -> list[list[int]]:
     """Group active consumers by depth: a consumer's fit needs every consumer upstream of its
     input compensated first."""
     nodes = analysis.model.graph.nodes
@@ -169,7 +170,7 @@ def _waves(analysis: Analysis, consumers: list[Consumer], active: list[bool]) ->
                 by_output.setdefault(t.name, []).append(i)
     depth: dict[int, int] = {}
     for i in sorted((i for i, a in enumerate(active) if a), key=lambda i: consumers[i].node):
-        upstream = [j for t in _ancestors(analysis, consumers[i].observed) for j in by_output.get(t, []) if j != i]
+        upstream = [j for t in ancestor_tensors(analysis, consumers[i].observed) for j in by_output.get(t, []) if j != i]
         depth[i] = 1 + max((depth[j] for j in upstream if j in depth), default=-1)
     waves: dict[int, list[int]] = {}
     for i, d in depth.items():

@@ -144,8 +144,8 @@ def calibrated_scores(analysis: Analysis, dataset, criterion: str, settings: Rep
     the criteria observe each group (``groups[].output``), and what the pass used."""
     if dataset is None:
         raise OnnxPruneError(f"criterion {criterion} scores feature maps: give calibration data")
-    if criterion == "recon":
-        raise OnnxPruneError("criterion recon is a removal order, not a score distribution: use hrank, apoz or mean_activation")
+    if criterion in ("recon", "obs"):  # obs: issue 17
+        raise OnnxPruneError(f"criterion {criterion} is a removal order, not a score distribution: use hrank, apoz or mean_activation")
     if settings.calibration_images and (dataset.num_samples is None or dataset.num_samples > settings.calibration_images):
         dataset = dataset.take(settings.calibration_images)
     stats = collect(analysis, dataset, [criterion])

@@ -3,7 +3,8 @@
 The CLI's ``--criterion`` choices, ``compress``'s validation, the report and the scoring code
 all read this table (no numpy is imported here, so the CLI can build its options cheaply).
 The functions live beside their kind: weight criteria in ``scoring.weights.CRITERIA``,
-activation criteria in ``scoring.activations`` (through the calibration collectors).
+activation criteria in ``scoring.activations`` (through the calibration collectors), structured
+OBS (``obs``, its own passes over the data) in ``scoring.obs``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ _ALL = (
     Criterion("apoz", True, "share of non-zero activations (1 - APoZ)"),
     Criterion("mean_activation", True, "mean absolute activation"),
     Criterion("recon", True, "output error of removing the channel, given the others (Gram matrix)", inspect=False),
+    Criterion("obs", True, "structured Optimal Brain Surgeon: what the refit of the next layers cannot recover "
+              "(scoring/obs.py; a removal order, scored by error profiles)", inspect=False),
     Criterion("l1", False, "L1 norm of the producing weights"),
     Criterion("l2", False, "L2 norm of the producing weights"),
     Criterion("fpgm", False, "distance from the geometric median of the group's filters (FPGM)"),
     Criterion("bn_scale", False, "|gamma| of the following BatchNormalization"),
     Criterion("random", False, "seeded random scores (a control)"),
+    Criterion("group_magnitude", False, "squared L2 norm over every weight of the channel's group (Torch-Pruning)"),
+    Criterion("group_l1", False, "L1 norm over every weight of the channel's group"),
 )
 REGISTRY: dict[str, Criterion] = {c.name: c for c in _ALL}
 

@@ -12,6 +12,8 @@ Data-free criteria read the weights:
 * ``bn_scale`` — |gamma| of the BatchNormalization after the producer (network slimming);
   falls back to ``l1`` where a group has no BatchNorm.
 * ``random`` — a seeded control.
+* ``group_magnitude`` / ``group_l1`` — every weight of the channel's group (Torch-Pruning's
+  default reduction; issue 17).
 
 Data-driven criteria (``hrank``, ``apoz``, ``mean_activation``) score the feature maps that the
 group's consumers read; their statistics come from the calibration pass (``calibrate.py``).
@@ -25,14 +27,14 @@ from ..analysis import BN_SCALE, IN, OUT, Analysis, ChannelGroup
 from .registry import WEIGHT_CRITERIA
 
 
-def _per_channel(group: ChannelGroup, dim_id: int, atom_values: np.ndarray) -> np.ndarray:
+def per_channel(group: ChannelGroup, dim_id: int, atom_values: np.ndarray) -> np.ndarray:
     """Sum the values of a dim's atoms into the group's channels."""
     out = np.zeros(group.size)
     np.add.at(out, group.channel_atoms[dim_id], atom_values[group.atom_index[dim_id]])
     return out
 
 
-def _weight_rows(analysis: Analysis, dim_id: int) -> np.ndarray:
+def weight_rows(analysis: Analysis, dim_id: int) -> np.ndarray:
     """The weight as a matrix with one row per atom of the dim (the dim's axis first)."""
     d = analysis.dims[dim_id]
     w = np.asarray(analysis.model.tensors[d.tensor].values)
@@ -60,9 +62,9 @@ def _norm(p: int):
         dims = _weight_dims(analysis, group, OUT) or _weight_dims(analysis, group, IN)
         parts = []
         for d in dims:
-            rows = _weight_rows(analysis, d)
+            rows = weight_rows(analysis, d)
             norms = np.abs(rows).sum(1) if p == 1 else np.sqrt((rows**2).sum(1))
-            parts.append(_per_channel(group, d, norms))
+            parts.append(per_channel(group, d, norms))
         return combine(parts, group.size)
 
     return criterion
@@ -73,13 +75,13 @@ def fpgm(group: ChannelGroup, analysis: Analysis, stats=None, seed: int = 0) -> 
     dims = _weight_dims(analysis, group, OUT) or _weight_dims(analysis, group, IN)
     parts = []
     for d in dims:
-        rows = _weight_rows(analysis, d)
+        rows = weight_rows(analysis, d)
         # Atoms of one channel (a Flatten block) are concatenated into one filter vector.
         local, chans = group.atom_index[d], group.channel_atoms[d]
         order = np.argsort(chans, kind="stable")
         counts = np.bincount(chans, minlength=group.size)
         if len(set(counts.tolist())) != 1:
-            parts.append(_per_channel(group, d, np.sqrt((rows**2).sum(1))))
+            parts.append(per_channel(group, d, np.sqrt((rows**2).sum(1))))
             continue
         filters = rows[local[order]].reshape(group.size, -1)
         sq = (filters**2).sum(1)
@@ -95,7 +97,7 @@ def bn_scale(group: ChannelGroup, analysis: Analysis, stats=None, seed: int = 0)
     parts = []
     for d in dims:
         gamma = np.abs(np.asarray(analysis.model.tensors[analysis.dims[d].tensor].values, dtype=np.float64))
-        parts.append(_per_channel(group, d, gamma))
+        parts.append(per_channel(group, d, gamma))
     return combine(parts, group.size)
 
 
@@ -107,6 +109,41 @@ def random(group: ChannelGroup, analysis: Analysis, stats=None, seed: int = 0) -
 l1 = _norm(1)
 l2 = _norm(2)
 
+
+def _group_norm(p: int):
+    """Group magnitude (issue 17): a data-free score that reads every weight a channel decision
+    removes. A channel lives in several tensors (the producers' filters, the consumers' input
+    slices, BatchNorm scales); ``l1`` reads the producers only, Torch-Pruning's
+    ``GroupMagnitudeImportance`` (the default of its pruners) scores each member and reduces
+    over the group, so a filter whose output the next layers barely read counts as unimportant:
+
+        member score  = sum over the member's slice of |w|^p   (p = 2: squared L2 norm, no root)
+        channel score = mean over the members that carry the channel, divided by the mean over
+                        the group's channels
+
+    (a member is one weight dim with role out, in or bn_scale; a Flatten block's atoms sum into
+    their channel). ``group_l1`` is the same with p = 1."""
+
+    def criterion(group: ChannelGroup, analysis: Analysis, stats=None, seed: int = 0) -> np.ndarray:
+        total = np.zeros(group.size)
+        members = np.zeros(group.size)
+        for d in group.dims:
+            dim = analysis.dims[d]
+            if dim.role not in (OUT, IN, BN_SCALE) or not dim.constant:
+                continue
+            values = (np.abs(weight_rows(analysis, d)) ** p).sum(1)
+            total += per_channel(group, d, values)
+            members += per_channel(group, d, np.ones(len(values))) > 0
+        score = total / np.maximum(members, 1)
+        mean = score.mean()
+        return score / mean if mean > 0 else score
+
+    return criterion
+
+
+group_magnitude = _group_norm(2)
+group_l1 = _group_norm(1)
+
 # The functions of the weight criteria of ``registry.REGISTRY`` (the data criteria are scored
 # from calibration statistics in ``activations.py``).
 CRITERIA = {
@@ -115,6 +152,8 @@ CRITERIA = {
     "fpgm": fpgm,
     "bn_scale": bn_scale,
     "random": random,
+    "group_magnitude": group_magnitude,
+    "group_l1": group_l1,
 }
 
 assert tuple(CRITERIA) == WEIGHT_CRITERIA, "scoring.registry and scoring.weights.CRITERIA disagree"
