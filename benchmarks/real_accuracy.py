@@ -1,7 +1,7 @@
 """Accuracy of pruned real third-party models (and the bundled ones), one `onnxprune compress`
 CLI run per model x method variant x target, no fine-tuning, unlabelled calibration data only.
 
-Models: benchmarks/realmodels.py (four trained ONNX models from PyPI wheels, with labelled data
+Models: tests/realmodels.py (four trained ONNX models from PyPI wheels, with labelled data
 rendered here) and the bundled Fashion-MNIST ResNet-20 and VGG-11. For each run the table gives
 task accuracy (and the original's), agreement with the original's predictions, MACs removed,
 measured speed-up (onnxruntime CPU, 1 thread, original and pruned runs interleaved, median),
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the model zoo and its data live with the tests (tests never import benchmarks)
 
 import realmodels  # noqa: E402
 from realmodels import ZOO, cache_dir  # noqa: E402
@@ -53,6 +53,8 @@ VARIANTS: dict[str, list[str]] = {
 TARGETS: dict[str, list[str]] = {
     "flops30": ["--flops", "0.3"],
     "flops50": ["--flops", "0.5"],
+    "speedup1.5": ["--speedup", "1.5", "--threads", "1"],
+    "speedup2": ["--speedup", "2", "--threads", "1"],
 }
 DEFAULT_VARIANTS = ["default", "datafree"]
 DEFAULT_TARGETS = ["flops30", "flops50"]
@@ -132,8 +134,9 @@ def prepare(name, n_calib, n_eval, work: Path):
         calib, x, y, desc = spec.data(n_calib, n_eval)
     cpath = work / f"{name}-calib{n_calib}.npz"
     if not cpath.exists():
-        np.savez(cpath.with_suffix(".part.npz"), **{iname: calib.astype(np.float32)})
-        cpath.with_suffix(".part.npz").replace(cpath)
+        part = cpath.with_suffix(f".{os.getpid()}.part.npz")
+        np.savez(part, **{iname: calib.astype(np.float32)})
+        part.replace(cpath)
     return path, cpath, x, y, desc
 
 
@@ -322,7 +325,8 @@ def main(argv=None) -> int:
         if bad:
             print(f"error: unknown {kind} {', '.join(bad)} (known: {', '.join(known)})", file=sys.stderr)
             return 2
-    work = cache_dir() / "runs"
+    # pruned models per checkout: benchmarks of several worktrees may share the cache at once
+    work = cache_dir() / "runs" / realmodels.hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
     work.mkdir(parents=True, exist_ok=True)
     import onnxruntime
     import platform

