@@ -224,7 +224,8 @@ def write(out: Path, args, log: list[dict], base_rows: list[list]) -> str:
             f"--models {args.models}{' --resume' if args.resume else ''}`; entries measured on "
             f"{', '.join(sorted({e['date'] for e in log if e.get('date')})) or 'unrecorded dates'}\n\nMachine: {machine()}\n\n" + "\n\n".join(sections) + "\n")
     out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(log, indent=1))
+    unpruned = [{"table": "unpruned", "model": name, "top1": acc} for name, acc in base_rows]  # read by run_all
+    out.with_suffix(".json").write_text(json.dumps(log + unpruned, indent=1))
     return text
 
 

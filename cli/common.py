@@ -28,6 +28,9 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]] | 
 
 def output_path(model: str, output: str | None, suffix: str, force: bool) -> Path:
     """Default beside the input (``model.pruned.onnx``); never the input; existing needs --force."""
+    if output == "-":  # issue 15.5: not a file named "-"
+        raise click.BadParameter("'-' (standard output) is not supported for a model; give a file path",
+                                 param_hint="-o/--output")
     src = Path(model)
     out = Path(output) if output else src.with_name(src.stem + suffix)
     if src.exists() and out.exists() and os.path.samefile(src, out):
@@ -84,9 +87,10 @@ def data_options(fn):
                      "optional 'labels'), .npy, or a folder of images."),
         click.option("--eval-data", type=click.Path(), help="Evaluation data for --allocation sensitivity "
                      "(labels give accuracy drop; else fidelity to the original) [default: --data]."),
-        click.option("--calib-batches", type=int, help="Use at most N batches of --data for calibration."),
-        click.option("--batch-size", type=int, help="Batch size [default: chosen from a 1 GiB activation budget]."),
-        click.option("--eval-images", type=int, default=512, show_default=True,
+        click.option("--calib-batches", type=click.IntRange(min=1), help="Use at most N batches of --data for calibration."),
+        click.option("--batch-size", type=click.IntRange(min=1),
+                     help="Batch size [default: chosen from a 1 GiB activation budget]."),
+        click.option("--eval-images", type=click.IntRange(min=1), default=512, show_default=True,
                      help="Images of the evaluation data used per sensitivity evaluation."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="onnxruntime execution provider (cuda falls back to cpu with a message)."),
@@ -121,3 +125,72 @@ class Progress:
         for bar in self.bars.values():
             bar.close()
         return False
+
+
+# --------------------------------------------------------------------------- image preprocessing (issue 15.12)
+
+MEAN_STD_PRESETS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}  # torchvision's, [0, 1] units
+
+
+def _floats(ctx, param, value):
+    """``0.5``, ``0.485,0.456,0.406`` or ``imagenet`` -> a tuple of floats (None stays None)."""
+    if value is None:
+        return None
+    if value.lower() in MEAN_STD_PRESETS:
+        return MEAN_STD_PRESETS[value.lower()][0 if param.name == "mean" else 1]
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected one value, one per channel (R,G,B) or "
+                                 f"{'/'.join(MEAN_STD_PRESETS)}") from None
+
+
+def _size(ctx, param, value):
+    """``224`` or ``48,192`` (height, width)."""
+    if value is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in value.split(","))
+        if len(dims) not in (1, 2) or min(dims) < 1:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected S or H,W with positive integers") from None
+    return dims[0] if len(dims) == 1 else dims
+
+
+def image_options(fn):
+    """``--input-size``, ``--mean``, ``--std``, ``--channel-order``, ``--crop-fraction`` for every
+    command that reads data. The command receives ``with_images(path)``: the path wrapped with its
+    preprocessing (``onnxprune.data.ImageSource``), or None for None."""
+    import functools
+
+    options = [
+        click.option("--input-size", callback=_size, metavar="S|H,W",
+                     help="Image folders: the size images are cropped to [default: the model's static height and "
+                          "width; needed where they are symbolic]."),
+        click.option("--mean", callback=_floats, metavar="M|R,G,B|imagenet",
+                     help="Image folders: subtracted after pixels are scaled to [0, 1]; imagenet = 0.485,0.456,0.406 "
+                          "[default: 0]."),
+        click.option("--std", callback=_floats, metavar="S|R,G,B|imagenet",
+                     help="Image folders: divides after --mean; imagenet = 0.229,0.224,0.225 [default: 1]."),
+        click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), default="RGB", show_default=True,
+                     help="Image folders: the channel order the model was trained on (OpenCV/Caffe models: BGR)."),
+        click.option("--crop-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.875, show_default=True,
+                     help="Image folders: resize the shorter side to the size / F, then crop the centre "
+                          "(ImageNet evaluation: 0.875; 1: no margin)."),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args, input_size, mean, std, channel_order, crop_fraction, **kwargs):
+        def with_images(path):
+            if path is None:
+                return None
+            from onnxprune.data import ImageSource
+
+            return ImageSource(str(path), input_size, mean, std, channel_order, crop_fraction)
+
+        return fn(*args, with_images=with_images, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper

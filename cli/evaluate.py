@@ -6,6 +6,8 @@ import json
 
 import click
 
+from .common import image_options
+
 
 @click.command(epilog="""
 \b
@@ -15,10 +17,11 @@ Examples:
 """)
 @click.argument("model", type=click.Path())
 @click.option("--data", required=True, type=click.Path(), help="Data (.npz/.npy/images); labels give accuracy.")
+@image_options
 @click.option("--reference", type=click.Path(), help="Original model: report top-1 agreement with it.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def evaluate(model, data, reference, batch_size, as_json):
+def evaluate(model, data, reference, batch_size, as_json, with_images):
     """Run MODEL over the data with onnxruntime: top-1 accuracy and agreement with --reference."""
     from onnxprune.scoring.calibrate import run_model
     from onnxprune.data import input_specs, load_data
@@ -26,7 +29,7 @@ def evaluate(model, data, reference, batch_size, as_json):
     from onnxprune.model.files import read_model
 
     proto = read_model(model)
-    dataset = load_data(data, input_specs(proto))
+    dataset = load_data(with_images(data), input_specs(proto))
     logits = run_model(proto, dataset, batch_size=batch_size)
     y = next(iter(logits.values()))
     result = {"model": model, "samples": int(len(y))}

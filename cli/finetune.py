@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .common import output_path
+from .common import image_options, output_path
 
 EXAMPLES = """
 \b
@@ -27,17 +27,22 @@ def tune_options(fn):
                      help="Weight of distillation vs cross-entropy when both apply."),
         click.option("--augment", is_flag=True, help="Random flip and crop of NCHW image inputs."),
         click.option("--no-labels", is_flag=True, help="Ignore labels: distillation only."),
+        click.option("--tune-holdout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+                     help="Without --eval-data: the share of the training data (at most 512 samples) held out to "
+                          "choose the best epoch (the input model if no epoch improves on it); 0 trains on all."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed, device):
+def tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed, device,
+                  tune_holdout=0.1):
     from onnxprune.settings import TuneSettings
 
     return TuneSettings(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=tune_batch_size, temperature=temperature,
-                        alpha=alpha, augment=augment, seed=seed, device=device, use_labels=not no_labels)
+                        alpha=alpha, augment=augment, seed=seed, device=device, use_labels=not no_labels,
+                        holdout=tune_holdout)
 
 
 class EpochPrinter:
@@ -61,6 +66,7 @@ class EpochPrinter:
 @click.option("--data", required=True, type=click.Path(), help="Training data (.npz/.npy/images); labels optional.")
 @click.option("--teacher", type=click.Path(), help="The original model to distil from.")
 @click.option("--eval-data", type=click.Path(), help="Evaluation data: the best epoch is kept.")
+@image_options
 @click.option("-o", "--output", type=click.Path(), help="Output [default: MODEL.tuned.onnx].")
 @tune_options
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -69,17 +75,20 @@ class EpochPrinter:
 @click.option("--json", "as_json", is_flag=True, help="Print the history as JSON.")
 @click.option("-q", "--quiet", is_flag=True)
 def finetune(model, data, teacher, eval_data, output, epochs, lr, optimizer, tune_batch_size, temperature, alpha,
-             augment, no_labels, seed, device, force, as_json, quiet):
+             augment, no_labels, tune_holdout, seed, device, force, as_json, quiet, with_images):
     """Fine-tune MODEL with labels and/or distillation from --teacher; write the weights back to ONNX."""
     from onnxprune.model.files import read_model, save_model
-    from onnxprune.tune import finetune_model
+    from onnxprune.tune import describe_tuning, finetune_model
 
     out = output_path(model, output, ".tuned.onnx", force)
-    settings = tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed, device)
+    settings = tune_settings(epochs, lr, optimizer, tune_batch_size, temperature, alpha, augment, no_labels, seed, device,
+                             tune_holdout)
+    data, eval_data = with_images(data), with_images(eval_data)
     result = finetune_model(read_model(model), data, teacher=read_model(teacher) if teacher else None,
                             eval_data=eval_data, settings=settings, progress=EpochPrinter(quiet or as_json))
     save_model(result.model, out)
     if as_json:
-        click.echo(json.dumps({"output": str(out), "best_epoch": result.best_epoch, "history": result.history}))
+        click.echo(json.dumps({"output": str(out), "best_epoch": result.best_epoch, "history": result.history,
+                               "outcome": describe_tuning(result), "eval_source": result.eval_source}))
     elif not quiet:
-        click.echo(f"best epoch {result.best_epoch}; wrote {out}")
+        click.echo(f"{describe_tuning(result)}; wrote {out}")

@@ -9,7 +9,7 @@ import click
 
 from onnxprune.scoring.registry import inspect_criteria, needs_data
 
-from .common import input_shape_option, output_path, parse_input_shapes, read_plan, same_path
+from .common import image_options, input_shape_option, output_path, parse_input_shapes, read_plan, same_path
 
 SUMMARY_FORMAT = "onnxprune.coverage/1"
 
@@ -46,6 +46,7 @@ Examples:
 @click.option("--data", type=click.Path(),
               help="Calibration data (.npz/.npy/images): score distributions per group (HRank by default) and "
                    "recommended safe ratios.")
+@image_options
 @click.option("--criterion", type=click.Choice(INSPECT_CRITERIA),
               help="Add each group's distribution of these channel scores, with recommended ratios.")
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(),
@@ -57,7 +58,7 @@ Examples:
 @input_shape_option
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path, data, criterion, sensitivity_path, runs,
-            threads, input_shapes, force):
+            threads, input_shapes, force, with_images):
     """Per-layer MACs/params, the channel groups, and every blocked group with its reason.
 
     With --summary: the coverage of one or several models (what share of their MACs pruning
@@ -66,6 +67,8 @@ def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path
     from onnxprune.settings import ReportSettings
     from onnxprune.model.files import check_writable, write_text_atomic
 
+    to_stdout = output == "-"  # issue 15.5: "-o -" is standard output, not a file named "-"
+    output = None if to_stdout else output
     fmt = resolve_format(fmt, as_json, output)
     ctx = click.get_current_context()
     if summary:
@@ -79,7 +82,7 @@ def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path
         raise click.UsageError(f"got {len(models)} models: several models need --summary")
     model = models[0]
     out = None
-    if output or fmt == "html":  # checked before the (slow) report is built
+    if output or (fmt == "html" and not to_stdout):  # checked before the (slow) report is built
         out = output_path(model, output, ".report.html", force)
         check_writable(out)
     plan = read_plan(plan_path) if plan_path else None
@@ -88,7 +91,7 @@ def inspect(models, summary, flops, no_compress, fmt, as_json, output, plan_path
     if criterion is not None and needs_data(criterion) and data is None:
         raise click.UsageError(f"--criterion {criterion} scores feature maps: give --data")
     report = build_report(model, plan=plan, input_shapes=parse_input_shapes(input_shapes), criterion=criterion,
-                          sensitivity=sensitivity, settings=settings, data=data)
+                          sensitivity=sensitivity, settings=settings, data=with_images(data))
     text = render(report, fmt)
     if out is None:
         click.echo(text, nl=False)

@@ -7,7 +7,7 @@ import click
 
 from onnxprune.scoring.registry import ALL_CRITERIA
 
-from .common import Progress, input_shape_option, output_path, parse_input_shapes
+from .common import Progress, image_options, input_shape_option, output_path, parse_input_shapes
 
 
 @click.command(epilog="""
@@ -18,6 +18,7 @@ Examples:
 """)
 @click.argument("model", type=click.Path())
 @click.option("--data", required=True, type=click.Path(), help="Evaluation data (.npz/.npy/images); labels give accuracy drop.")
+@image_options
 @click.option("-o", "--output", type=click.Path(), help="Curves JSON [default: MODEL.sensitivity.json].")
 @click.option("--plot", type=click.Path(), help="Also write a PNG of the curves.")
 @click.option("--criterion", type=click.Choice(ALL_CRITERIA),
@@ -34,17 +35,17 @@ Examples:
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def sensitivity(model, data, output, plot, criterion, eval_images, metric, reconstruct, device, input_shapes, force, as_json, quiet):
+def sensitivity(model, data, output, plot, criterion, eval_images, metric, reconstruct, device, input_shapes, force, as_json, quiet, with_images):
     """Prune each channel group alone at 10%..90% and measure the damage on the data."""
     from onnxprune.model.files import write_bytes_atomic
     from onnxprune.pipeline import sensitivity_analysis
-    from onnxprune.allocate.sensitivity import plot_sensitivity
+    from onnxprune.report.plots import plot_sensitivity
 
     from .compress import providers_for
 
     out = output_path(model, output, ".sensitivity.json", force)
     with Progress(quiet or as_json) as progress:
-        sens, _ = sensitivity_analysis(model, data, criterion, parse_input_shapes(input_shapes), eval_images,
+        sens, _ = sensitivity_analysis(model, with_images(data), criterion, parse_input_shapes(input_shapes), eval_images,
                                        progress=progress, providers=providers_for(device), reconstruct=reconstruct, metric=metric)
     write_bytes_atomic(out, sens.to_json().encode())
     if plot:
@@ -55,7 +56,10 @@ def sensitivity(model, data, output, plot, criterion, eval_images, metric, recon
     click.echo(f"{len(sens.curves)} groups x {len(sens.ratios)} ratios = {sens.evaluations} evaluations in "
                f"{sens.seconds:.1f} s; metric {sens.metric}"
                + ("; after local reconstruction" if sens.compensated else "; plain removal"))
-    click.echo(f"{'group':>5}  {'name':<40} " + " ".join(f"{r:>6.0%}" for r in sens.ratios))
+    from onnxprune.report.labels import damage_text, distinct_labels
+
+    labels = distinct_labels({gid: sens.names.get(gid, "") or str(gid) for gid in sens.curves}, 40)  # issue 15.15
+    click.echo(f"{'group':>5}  {'name':<40} " + " ".join(f"{r:>7.0%}" for r in sens.ratios))
     for gid, curve in sens.curves.items():
-        click.echo(f"{gid:>5}  {sens.names.get(gid, '')[-40:]:<40} " + " ".join(f"{v:>6.2g}" for v in curve))
+        click.echo(f"{gid:>5}  {labels[gid]:<40} " + " ".join(f"{damage_text(v, sens.metric):>7}" for v in curve))
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))

@@ -7,7 +7,8 @@ any batch size. :func:`load_data` builds one from what a user has at hand:
   optionally ``labels``;
 * a ``.npy`` file (single-input models);
 * a directory of images (Pillow): the shorter side is resized, the centre cropped to the input's
-  height and width, pixels scaled to [0, 1], normalised by ``mean``/``std``, laid out NCHW;
+  height and width, pixels scaled to [0, 1], normalised by ``mean``/``std``, laid out NCHW (or
+  NHWC for an input declared so, as tf2onnx writes Keras models);
   a directory of class sub-directories gives labels (torchvision's ImageFolder convention);
 * in Python, a dict of arrays or any iterable of feed dicts.
 
@@ -38,6 +39,7 @@ __all__ = [
     "ArrayDataset",
     "Dataset",
     "ImageFolderDataset",
+    "ImageSource",
     "InputSpec",
     "IterableDataset",
     "input_specs",
@@ -67,8 +69,14 @@ class InputSpec:
         return "[" + ",".join("?" if d is None else str(d) for d in self.shape) + "]"
 
     def static_dim(self, axis: int) -> int | None:
+        """The declared size at ``axis``, or ``None`` where it is symbolic (a name, ``?``, or a
+        non-positive value such as the ``-1`` batch some exporters write)."""
         d = self.shape[axis]
-        return d if isinstance(d, int) else None
+        return d if isinstance(d, int) and d > 0 else None
+
+    def declared_batch(self) -> int | None:
+        """The fixed batch size the model declares (axis 0), or ``None`` where it is symbolic."""
+        return self.static_dim(0) if self.shape else None
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -79,8 +87,9 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if vi.name in initializers:
             continue
         tt = vi.type.tensor_type
-        shape = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+        shape = tuple(  # a non-positive dim_value (-1, 0) is symbolic, as in graph.py
+            (d.dim_value if d.dim_value > 0 else None) if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tt.shape.dim
         )
         specs.append(InputSpec(vi.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
     return specs
@@ -123,7 +132,7 @@ def _check_array(name: str, array: np.ndarray, spec: InputSpec, where: str = "")
             f"given shape {tuple(array.shape)}"
         )
     for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
-        if axis > 0 and isinstance(want, int) and want != got:
+        if axis > 0 and spec.static_dim(axis) is not None and want != got:
             raise DataError(
                 f"input '{name}'{where}: expected shape {expected}, given {tuple(array.shape)} "
                 f"(dim {axis} is {got}, expected {want})"
@@ -137,6 +146,13 @@ def _check_array(name: str, array: np.ndarray, spec: InputSpec, where: str = "")
                 f"input '{name}'{where}: data contains NaN or Inf "
                 f"({int(bad.sum())} values, first in sample {sample})"
             )
+
+
+def declared_batch(specs: Sequence[InputSpec]) -> int | None:
+    """The one fixed batch size the inputs declare (``[1, 1, 64, W]`` -> 1), or ``None``: every
+    onnxruntime run over these inputs must use it (calibration, reconstruction, evaluation)."""
+    static = {s.declared_batch() for s in specs} - {None}
+    return static.pop() if len(static) == 1 else None
 
 
 def _check_labels(labels: np.ndarray | None, num_samples: int, source: str) -> np.ndarray | None:
@@ -165,6 +181,16 @@ def _pick_inputs(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], s
     return {s.name: np.asarray(arrays[s.name]) for s in specs}
 
 
+def _array_notes(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], source: str) -> tuple[str, ...]:
+    """Say which array feeds an input when it is not named after it, and which arrays go unused
+    (issue 15.7): a misnamed archive must not be read silently."""
+    names = [k for k in arrays if k != LABELS_KEY or any(s.name == LABELS_KEY for s in specs)]
+    if len(specs) == 1 and len(names) == 1 and names[0] != specs[0].name:
+        return (f"input '{specs[0].name}' reads array '{names[0]}' of {source} (its only array)",)
+    unused = [k for k in names if k not in {s.name for s in specs}]
+    return (f"array(s) {', '.join(repr(k) for k in unused)} of {source} are not model inputs and were not used",) if unused else ()
+
+
 # --------------------------------------------------------------------------- datasets
 
 
@@ -178,6 +204,7 @@ class Dataset:
     specs: list[InputSpec]
     labels: np.ndarray | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    notes: tuple[str, ...] = ()  # what was read from where, where it is not obvious (issue 15.7)
 
     @property
     def num_samples(self) -> int | None:
@@ -200,6 +227,7 @@ class ArrayDataset(Dataset):
                  batch_size: int | None = None):
         self.specs = list(specs)
         self.source = source
+        self.notes = _array_notes(arrays, self.specs, source)
         arrays = _pick_inputs(arrays, self.specs, source)
         for spec in self.specs:
             _check_array(spec.name, arrays[spec.name], spec)
@@ -230,6 +258,14 @@ class ArrayDataset(Dataset):
         out.labels = None if self.labels is None else self.labels[:n]
         return out
 
+    def select(self, indices: np.ndarray) -> ArrayDataset:
+        """The samples at ``indices``, in that order (the held-out split, issue 15.13)."""
+        out = copy.copy(self)
+        out.arrays = {k: a[indices] for k, a in self.arrays.items()}
+        out._n = len(indices)
+        out.labels = None if self.labels is None else self.labels[indices]
+        return out
+
 
 class IterableDataset(Dataset):
     """Feed dicts from any iterable, checked batch by batch and re-batched on the fly.
@@ -247,6 +283,11 @@ class IterableDataset(Dataset):
         self._limit = limit
         self.batch_size = batch_size
         self.labels = None
+
+    @property
+    def one_shot(self) -> bool:
+        """Whether the source can be read only once (a generator)."""
+        return self._one_shot
 
     @property
     def num_samples(self) -> int | None:
@@ -325,7 +366,8 @@ class ImageFolderDataset(Dataset):
         self.files = list(files)
         self.size = size
         self.labels = labels
-        self.channels = spec.static_dim(1)
+        self.layout = image_layout(spec)  # "NCHW", or "NHWC" as tf2onnx writes Keras inputs
+        self.channels = spec.static_dim(1 if self.layout == "NCHW" else 3)
         self.mean = _per_channel("mean", mean, self.channels, 0.0)
         self.std = _per_channel("std", std, self.channels, 1.0)
         if channel_order not in ("RGB", "BGR"):
@@ -342,12 +384,20 @@ class ImageFolderDataset(Dataset):
         size = batch_size or self.batch_size
         for start in range(0, len(self.files), size):
             images = [self._load(p) for p in self.files[start : start + size]]
-            yield {self.specs[0].name: np.stack(images)}
+            batch = np.stack(images)
+            yield {self.specs[0].name: batch if self.layout == "NCHW" else np.ascontiguousarray(batch.transpose(0, 2, 3, 1))}
 
     def take(self, n: int) -> ImageFolderDataset:
         out = copy.copy(self)
         out.files = self.files[:n]
         out.labels = None if self.labels is None else self.labels[:n]
+        return out
+
+    def select(self, indices: np.ndarray) -> ImageFolderDataset:
+        """The images at ``indices``, in that order (the held-out split, issue 15.13)."""
+        out = copy.copy(self)
+        out.files = [self.files[i] for i in indices]
+        out.labels = None if self.labels is None else self.labels[indices]
         return out
 
     def _load(self, path: Path) -> np.ndarray:
@@ -403,6 +453,27 @@ def _resize_and_crop(img, size: tuple[int, int], crop_fraction: float):
 # --------------------------------------------------------------------------- loading
 
 
+@dataclass(frozen=True)
+class ImageSource:
+    """An image directory with its preprocessing (the CLI's ``--input-size``, ``--mean``,
+    ``--std``, ``--channel-order``, ``--crop-fraction``; issue 15.12). ``load_data`` reads it like
+    the bare path with these keyword arguments; given for a file instead of a directory, it is
+    refused rather than ignored. ``mean``/``std`` are in [0, 1] pixel units."""
+
+    path: str
+    input_size: int | tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channel_order: str = "RGB"
+    crop_fraction: float = CROP_FRACTION
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def is_default(self) -> bool:
+        return self == ImageSource(self.path)
+
+
 def load_data(
     source,
     specs: Sequence[InputSpec],
@@ -428,6 +499,12 @@ def load_data(
     specs = list(specs)
     if not specs:
         raise DataError("the model has no inputs to feed")
+    if isinstance(source, ImageSource):  # issue 15.12: preprocessing given with the path
+        if not source.is_default() and not Path(source.path).is_dir():
+            raise DataError(f"'{source.path}' is not an image directory: --input-size, --mean, --std, --channel-order "
+                            "and --crop-fraction apply to image directories only")
+        input_size, mean, std = source.input_size, source.mean, source.std
+        channel_order, crop_fraction, source = source.channel_order, source.crop_fraction, source.path
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
@@ -484,9 +561,9 @@ def _image_folder(path: Path, specs, input_size, mean, std, channel_order, label
     if len(specs) != 1:
         raise DataError(f"an image directory feeds one input, but the model has {len(specs)}")
     spec = specs[0]
-    if len(spec.shape) != 4 or spec.static_dim(1) not in (1, 3):
+    if image_layout(spec) is None:
         raise DataError(
-            f"input '{spec.name}': image directories need an NCHW input with 1 or 3 channels, "
+            f"input '{spec.name}': image directories need an NCHW or NHWC input with 1 or 3 channels, "
             f"the model expects {spec.shape_text()}"
         )
     size = _image_size(spec, input_size)
@@ -504,6 +581,16 @@ def _image_folder(path: Path, specs, input_size, mean, std, channel_order, label
                               batch_size=batch_size)
 
 
+def image_layout(spec: InputSpec) -> str | None:
+    """``"NCHW"`` where axis 1 has 1 or 3 channels, else ``"NHWC"`` where axis 3 has (Keras
+    models converted by tf2onnx), else ``None``."""
+    if len(spec.shape) != 4:
+        return None
+    if spec.static_dim(1) in (1, 3):
+        return "NCHW"
+    return "NHWC" if spec.static_dim(3) in (1, 3) else None
+
+
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
@@ -512,16 +599,16 @@ def _image_size(spec: InputSpec, input_size) -> tuple[int, int]:
     """(H, W) from ``input_size`` or the input's static dims."""
     if input_size is not None:
         h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-        for axis, v in ((2, h), (3, w)):
+        for axis, v in ((2, h), (3, w)) if image_layout(spec) == "NCHW" else ((1, h), (2, w)):
             want = spec.static_dim(axis)
             if want is not None and want != v:
                 raise DataError(
                     f"input '{spec.name}': input size {h}x{w} does not match the model's {spec.shape_text()}"
                 )
         return int(h), int(w)
-    h, w = spec.static_dim(2), spec.static_dim(3)
+    h, w = (spec.static_dim(2), spec.static_dim(3)) if image_layout(spec) == "NCHW" else (spec.static_dim(1), spec.static_dim(2))
     if h is None or w is None:
         raise DataError(
-            f"input '{spec.name}' has a symbolic height or width {spec.shape_text()}; give input_size"
+            f"input '{spec.name}' has a symbolic height or width {spec.shape_text()}; give input_size (--input-size H,W)"
         )
     return h, w

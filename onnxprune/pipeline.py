@@ -30,7 +30,9 @@ from .rewrite import rewrite, verify
 from .scoring.activations import collect, data_scores, observations
 from .scoring.registry import needs_data
 from .settings import EvaluationSettings, Limits, Settings
+from .allocate.exclude import exclude_groups
 from .allocate.sensitivity import MaskedEvaluator, Sensitivity, measure_sensitivity
+from .evaluation import DATA_FREE_NOTE, data_fingerprint, evaluate_pair, holdout_count, plan_calibration_data, split_holdout
 
 
 RANK_PATIENCE = 32  # images over which HRank's early stop watches the mean ranks
@@ -81,6 +83,11 @@ def recon_batch_size(analysis: Analysis, requested: int | None = None) -> int:
     whole batch (twice for ldrf: original and pruned), so the batch follows a memory budget
     (64 images of ResNet-50 at 224 held 8 GB). Deterministic from the model alone, so
     ``apply`` streams the same batches as ``compress`` and reproduces the fitted weights."""
+    from .data import declared_batch, input_specs
+
+    fixed = declared_batch(input_specs(analysis.model.proto))  # issue 15.2: [1, 1, 64, W] runs 1 image at a time
+    if fixed is not None:
+        return fixed
     if requested:
         return requested
     from .reconstruct.consumers import find_consumers
@@ -127,13 +134,18 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
     """
     timer = Timer()
     model, dataset, evalset = load_inputs(source, input_shapes, data, eval_data)
+    data_samples = dataset.num_samples if dataset is not None else None
+    heldout = None
+    if dataset is not None and evalset is None:  # issue 15.13: measure on samples not calibrated on
+        dataset, heldout = split_holdout(dataset, holdout_count(data_samples, settings.holdout, settings.eval_images))
     _, analysis, cost = prepare(model)
+    excluded = exclude_groups(analysis, settings.exclude)  # before the check: excluding everything is an error too
     timer.lap("analysis")
     if not analysis.prunable_groups:
         raise TargetError(f"no prunable channel group in the model: {_first_blocker(analysis)}")
     criterion = settings.criterion or ("hrank" if dataset is not None else "l1")
     mode = settings.reconstruct or ("obs" if criterion == "obs" else "ldrf" if dataset is not None else "none")  # obs: issue 17
-    _check_settings(settings, criterion, mode, dataset, evalset)
+    _check_settings(settings, criterion, mode, dataset, evalset if sensitivity is None else True)  # saved curves need no data
     stage = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
 
     calibration = None
@@ -213,27 +225,35 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         timer.lap("obs selection")
     # --- end issue 17 ---
 
-    pruned = rewrite(analysis, allocation.keep)
+    pruned = None if settings.dry_run else rewrite(analysis, allocation.keep)
     timer.lap("rewrite")
     recon_report = None
-    if mode == "obs":  # issue 17: fold the OBS refit instead of LDRF's
+    if mode == "obs" and pruned is not None:  # issue 17: fold the OBS refit instead of LDRF's
         from .reconstruct.obs_fold import fold_obs
 
         pruned = fold_obs(analysis, allocation.keep, pruned, selection)
         timer.lap("reconstruction")
-    elif mode != "none":
+    elif mode != "none" and pruned is not None:
         batches = Batches(dataset, recon_batch_size(analysis, settings.batch_size), settings.calib_batches)
         pruned, recon_report = reconstruct(analysis, allocation.keep, pruned, batches, mode=mode, seed=settings.seed,
                                            progress=stage("reconstruction"))
         timer.lap("reconstruction")
     recovery = None
-    if settings.recover is not None:  # --- label-free recovery (issue 18)
+    if settings.recover is not None and pruned is not None:  # --- issue 18: on the calibration part only
         pruned, recovery = recover_stage(model.proto, pruned, analysis, allocation.keep, dataset, settings.recover,
                                          stage("recovery"))
         timer.lap("recovery")
-    if settings.verify:
+    if settings.verify and pruned is not None:
         verify(model.proto, pruned, model.input_shapes, settings.seed)
         timer.lap("verify")
+    evaluation = None
+    eval_on = heldout if heldout is not None else evalset
+    if settings.evaluate and eval_on is not None and pruned is not None:
+        if eval_on.num_samples and eval_on.num_samples > settings.eval_images:
+            eval_on = eval_on.take(settings.eval_images)
+        evaluation = evaluate_pair(model.proto, pruned, eval_on, settings.providers)
+        evaluation["source"] = "held out of data" if heldout is not None else "eval_data"
+        timer.lap("evaluation")
 
     record = {
         "target": asdict(settings.target),
@@ -246,6 +266,11 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         "calib_batches": settings.calib_batches,
         "uniform_ratio": allocation.ratio,
         "input_shapes": {k: list(v) for k, v in model.input_shapes.items()},
+        # issue 15.8/15.13: apply repeats the split and checks it reads the same calibration data
+        "exclude": list(settings.exclude),
+        "holdout": heldout.num_samples if heldout is not None else 0,
+        "data_samples": data_samples,
+        "data_fingerprint": data_fingerprint(dataset) if mode != "none" or recovery is not None else None,
     }
     if recovery is not None:  # what apply needs to replay the recovery (issue 18)
         record["recover"] = plan_record(settings.recover, recovery)
@@ -258,6 +283,18 @@ def compress(source, settings: Settings, input_shapes=None, data=None, eval_data
         summary["speed"] = allocation.details["speed"]
     if round_to_note:
         summary["notes"] = [round_to_note]
+    data_notes = [n for d in (dataset, evalset) if d is not None for n in d.notes]  # issue 15.7
+    if dataset is None and mode == "none":  # issue 15.11: a first data-free run must not look like a result
+        data_notes.insert(0, DATA_FREE_NOTE.format(criterion=criterion))
+    if data_notes:
+        summary["notes"] = summary.get("notes", []) + data_notes
+    if heldout is not None or (dataset is not None and evalset is None):
+        summary["holdout"] = {"held_out": heldout.num_samples if heldout is not None else 0,
+                              "calibration_samples": dataset.num_samples, "fraction": settings.holdout}
+    if evaluation is not None:
+        summary["evaluation"] = evaluation
+    if excluded:
+        summary["excluded"] = {p: [analysis.groups[g].name for g in gids] for p, gids in excluded.items()}
     if recon_report is not None:
         summary["reconstruction"] = {"fitted": len(recon_report.fitted), "fallback": len(recon_report.fallback),
                                      "passes": recon_report.passes}
@@ -303,7 +340,9 @@ def masked_evaluator(analysis: Analysis, dataset, settings: EvaluationSettings, 
     candidates are evaluated after local reconstruction (the curves then measure what
     reconstruction cannot repair: groups it repairs well get pruned harder)."""
     subset = dataset.take(settings.eval_images) if dataset.num_samples and dataset.num_samples > settings.eval_images else dataset
-    batches = list(subset.batches(settings.batch_size or 128))
+    from .data import declared_batch
+
+    batches = list(subset.batches(declared_batch(subset.specs) or settings.batch_size or 128))
     compensator = None
     if calibration is not None:
         compensator = Compensator(analysis, Batches(calibration, recon_batch_size(analysis, settings.batch_size),
@@ -339,9 +378,11 @@ def sensitivity_analysis(source, data, criterion: str | None = None, input_shape
     return sens, analysis
 
 
-def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=None) -> onnx.ModelProto:
+def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=None,
+               other_data: bool = False) -> onnx.ModelProto:
     """Reproduce the pruned model from a plan (byte-identical to ``compress``'s output). A plan
-    made with reconstruction needs the same calibration data to reproduce the fitted weights."""
+    made with reconstruction needs the same calibration data to reproduce the fitted weights:
+    other data raises PlanError, or with ``other_data`` only warns (``warnings.warn``)."""
     shapes = input_shapes or {k: tuple(v) for k, v in plan.settings.get("input_shapes", {}).items()} or None
     mode = plan.settings.get("reconstruct", "none")
     recovered = replays_recovery(plan.settings)  # issue 18
@@ -350,6 +391,8 @@ def apply_plan(source, plan: Plan, input_shapes=None, check: bool = True, data=N
         raise PlanError(f"the plan was made with {what}: pass the same calibration data (--data)")
     model, dataset, _ = load_inputs(source, shapes, data if mode != "none" or recovered else None)
     _, analysis, _ = prepare(model)
+    if mode != "none" or recovered:  # issue 18: recovery replays on the same calibration part
+        dataset = plan_calibration_data(plan, dataset, other_data)
     keep = analysis.keep_vector(plan_keep(analysis, plan))
     pruned = rewrite(analysis, keep)
     if mode == "obs":  # issue 17: the OBS selection is deterministic: rerun it for the refitted weights

@@ -64,15 +64,33 @@ class Limits:
         return int(min(n, max(kept, min(floor, n), 1)))
 
 
+def auto_round_to(device: str = "cpu") -> int:
+    """What ``round_to`` "auto" means, for the API and the CLI alike (issue 15.9): the channel
+    alignment the runtime pads to, probed once per process (issue 16: onnxruntime's NCHWc block,
+    16 with AVX-512, 8 with AVX2; 8 for cuda). Kept counts in its multiples keep the fast blocked
+    kernels (docs/LATENCY.md); ``round_to_fallback`` steps down where it cannot reach the target."""
+    from .runtime.latency import detect_alignment  # at call time: runtime.latency imports this module
+
+    return detect_alignment(device)
+
+
+def auto_limits(max_ratio: float = 0.8, min_channels: int = 1, device: str = "cpu") -> Limits:
+    """The limits of ``--round-to auto``, the default of ``Settings`` (pair them with ``round_to_fallback=True``)."""
+    return Limits(max_ratio, min_channels, auto_round_to(device))
+
+
 @dataclass(frozen=True)
 class Settings:
     """What ``compress`` does. ``None`` picks the default: criterion ``hrank`` with data, ``l1``
-    without; reconstruction ``ldrf`` with data, ``none`` without (``obs`` with criterion ``obs``)."""
+    without; reconstruction ``ldrf`` with data, ``none`` without (``obs`` with criterion ``obs``). The
+    defaults are the CLI's: ``round_to`` auto (``auto_limits``: the probed alignment, stepping down
+    where it cannot reach the target), a fifth of the data held out to measure the result.
+    ``Limits(round_to=N)`` with ``round_to_fallback=False`` is ``--round-to N``."""
 
     target: Target
     criterion: str | None = None
     allocation: str = "uniform"
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = field(default_factory=auto_limits)  # round_to "auto", as the CLI (issue 15.9)
     reconstruct: str | None = None
     seed: int = 0
     verify: bool = True
@@ -80,13 +98,23 @@ class Settings:
     batch_size: int | None = None
     eval_images: int = 512  # sensitivity evaluation images (first N of the evaluation data)
     rank_early_stop: float | None = None  # HRank early stop tolerance (rank units, patience 32 images)
-    round_to_fallback: bool = False  # retry with round_to 1 where limits.round_to makes the target unreachable
+    round_to_fallback: bool = True  # retry with round_to 1 where limits.round_to makes the target unreachable
     sensitivity_metric: str | None = None  # None: accuracy_drop with labels, else kl (classifiers) or error
     providers: tuple | None = None
+    # Issue 15.13: without eval_data, this share of data (at most eval_images samples, spread
+    # evenly) is held out of calibration to measure the result; 0 calibrates on all of it.
+    holdout: float = 0.2
+    evaluate: bool = True  # measure top-1/agreement/output error on held-out or eval data
+    exclude: tuple[str, ...] = ()  # issue 15.14: globs on node/weight names whose output channels all stay
+    dry_run: bool = False  # issue 15.14: stop after the allocation (Result.model is None)
     recover: RecoverSettings | None = None  # issue 18: distil from the original after reconstruction (needs torch)
 
     def __post_init__(self):
         """The checks that need no data or model (those that do are made by ``compress``)."""
+        if not 0.0 <= self.holdout < 1.0:
+            raise OnnxPruneError(f"--holdout must be in [0, 1), got {self.holdout:g}")
+        if self.eval_images < 1:
+            raise OnnxPruneError(f"--eval-images must be at least 1, got {self.eval_images}")
         if self.criterion is not None and self.criterion not in ALL_CRITERIA:
             known = sorted(WEIGHT_CRITERIA) + list(DATA_CRITERIA)
             raise OnnxPruneError(f"unknown criterion {self.criterion!r}; available: {', '.join(known)}")
@@ -152,6 +180,14 @@ class TuneSettings:
     seed: int = 0
     device: str = "auto"
     use_labels: bool = True
+    # Issue 15.10: without eval_data, this share of the training data (at most ``holdout_max``
+    # samples, spread evenly) is held out to choose the best epoch, so a run that hurts is caught; 0: train on all.
+    holdout: float = 0.1
+    holdout_max: int = 512
+
+    def __post_init__(self):
+        if not 0.0 <= self.holdout < 1.0:
+            raise OnnxPruneError(f"--tune-holdout must be in [0, 1), got {self.holdout:g}")
 
 
 # --- issue 18: label-free recovery -------------------------------------------------------------

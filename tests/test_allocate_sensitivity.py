@@ -13,7 +13,8 @@ from onnxprune.errors import PlanError
 from onnxprune.rewrite import rewrite
 from onnxprune.runtime.session import run
 from onnxprune.allocate.from_scores import allocate_global, allocate_sensitivity
-from onnxprune.allocate.sensitivity import MaskedEvaluator, Sensitivity, measure_sensitivity, plot_sensitivity, ratio_at
+from onnxprune.allocate.sensitivity import MaskedEvaluator, Sensitivity, measure_sensitivity, ratio_at
+from onnxprune.report.plots import plot_sensitivity
 
 
 def classifier(seed=0):

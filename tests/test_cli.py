@@ -83,7 +83,7 @@ def test_round_to_auto_is_the_probed_alignment_and_steps_down(capsys, model, tmp
                              "-o", tmp_path / "r20.onnx", "--json")
     assert code == 0, err
     s = json.loads(out)
-    assert s["round_to"] == align and "notes" not in s
+    assert s["round_to"] == align and not any("--round-to" in n for n in s.get("notes", []))  # (the data-free note stays)
     plan = json.loads((tmp_path / "r20.plan.json").read_text())
     assert plan["groups"] and all(len(g["kept"]) % align == 0 for g in plan["groups"])
     code, out, err = run_cli(capsys, "compress", model, "--flops", "0.5", "-o", tmp_path / "a.onnx", "--json")
@@ -137,9 +137,7 @@ BAD = [
     ("not onnx", lambda p, m: (p.joinpath("t.onnx").write_text("hello"), ["compress", p / "t.onnx", "--flops", "0.3"])[1], "not"),
     ("truncated", lambda p, m: (p.joinpath("tr.onnx").write_bytes(m.read_bytes()[:700]), ["compress", p / "tr.onnx", "--flops", "0.3"])[1], "ONNX"),
     ("no prunable layer", lambda p, m: ["compress", no_prunable(p / "n.onnx"), "--flops", "0.3"], "no prunable channel group"),
-    ("flops 0", lambda p, m: ["compress", m, "--flops", "0"], "strictly between 0 and 1"),
-    ("flops 1", lambda p, m: ["compress", m, "--flops", "1"], "strictly between 0 and 1"),
-    ("flops negative", lambda p, m: ["compress", m, "--flops", "-0.2"], "strictly between 0 and 1"),
+    # --flops 0, 1, -0.2: usage errors since issue 15.6 (tests/test_cli_robust.py)
     ("unreachable", lambda p, m: ["compress", m, "--flops", "0.97"], "cannot remove 97%"),
     ("output is input", lambda p, m: ["compress", m, "--flops", "0.3", "-o", m], "is the input model"),
     ("existing output", lambda p, m: (p.joinpath("e.onnx").write_bytes(b"x"), ["compress", m, "--flops", "0.3", "-o", p / "e.onnx"])[1], "--force"),

@@ -240,7 +240,7 @@ def test_image_errors(tmp_path):
     with pytest.raises(DataError, match="no samples in '.*empty': no image files"):
         load_data(empty, [SPEC])
     flat = InputSpec("x", ("N", 64), np.dtype(np.float32))
-    with pytest.raises(DataError, match=r"NCHW input with 1 or 3 channels, the model expects \[N,64\]"):
+    with pytest.raises(DataError, match=r"NCHW or NHWC input with 1 or 3 channels, the model expects \[N,64\]"):
         load_data(tmp_path, [flat])
     with pytest.raises(DataError, match="mean: expected 1 or 3 values"):
         load_data(tmp_path, [SPEC], mean=(0.1, 0.2))

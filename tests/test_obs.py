@@ -276,7 +276,7 @@ def test_cli_compress_with_obs(capsys, tmp_path):
     model = small_cnn(tmp_path / "m.onnx")
     data = write_data(tmp_path / "calib.npz", n=32)
     out_path = tmp_path / "p.onnx"
-    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--data", data, "--criterion", "obs",
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.4", "--no-recover", "--data", data, "--criterion", "obs",
                              "-o", out_path, "--json")
     assert code == 0, err
     summary = json.loads(out)

@@ -7,4 +7,5 @@
     blocks.py        the search over aligned channel blocks (round_to > 1, exact FLOPs/params targets)
     speed.py         speed-up / latency targets (issue 16): the block search under runtime.latency's model,
                      measured and re-solved
+    exclude.py       --exclude: groups the user protects, blocked before scoring and allocation
 """

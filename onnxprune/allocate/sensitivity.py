@@ -268,31 +268,3 @@ def ratio_at(curve: np.ndarray, ratios: np.ndarray, threshold: float) -> float:
     if hi_v <= lo_v:
         return float(lo_r)
     return float(lo_r + (hi_r - lo_r) * (threshold - lo_v) / (hi_v - lo_v))
-
-
-def plot_sensitivity(sens: Sensitivity, path) -> None:
-    """A PNG of the damage curves, one line per group (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
-    for gid, curve in sorted(sens.curves.items()):
-        ax.plot(sens.ratios, curve, marker=".", linewidth=1, label=f"{gid}: {sens.names.get(gid, '')[:28]}")
-    ax.set_xlabel("share of the group's channels removed")
-    ax.set_ylabel({"accuracy_drop": "top-1 accuracy drop", "kl": "KL divergence to the original",
-                   "error": "normalised output error", "disagreement": "top-1 disagreement"}.get(sens.metric, sens.metric))
-    ax.set_title(f"Sensitivity per channel group ({sens.criterion} order)")
-    ax.grid(alpha=0.3)
-    if len(sens.curves) <= 24:
-        ax.legend(fontsize=6, ncol=2, loc="upper left")
-    fig.tight_layout()
-    from io import BytesIO
-
-    from ..model.files import write_bytes_atomic
-
-    buf = BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())

@@ -115,6 +115,13 @@ def normalise(proto: onnx.ModelProto) -> onnx.ModelProto:
     if len(keep) != len(graph.node):
         del graph.node[:]
         graph.node.extend(keep)
+    # Issue 15: an input dim declared 0 means "unknown" to its exporter, but onnxruntime accepts
+    # only 0 there; name it instead (-1 already counts as symbolic in onnxruntime and here).
+    for vi in graph_inputs(proto):
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value == 0:
+                d.Clear()
+                d.dim_param = "batch" if axis == 0 else f"{vi.name}_dim{axis}"
     return proto
 
 
@@ -175,10 +182,17 @@ def resolve_input_shapes(proto: onnx.ModelProto, given: dict[str, tuple[int, ...
             dims = ",".join("N" if not (isinstance(d, int) and d > 0) else str(d) for d in declared)
             raise ModelError(
                 f"input '{vi.name}' has dynamic dimensions at axes {dynamic} ({dims}): "
-                f"pass --input-shape {vi.name}:1,3,224,224 (or give calibration data)"
+                f"pass --input-shape {vi.name}:{_shape_hint(declared)} (or give calibration data)"
             )
         shapes[vi.name] = tuple(1 if axis == 0 and dynamic else int(d) for axis, d in enumerate(declared))
     return shapes
+
+
+def _shape_hint(declared) -> str:
+    """An ``--input-shape`` that keeps every static dim and fills only the symbolic ones
+    (issue 15.3): batch 1, 3 channels of a rank-4 input, 224 elsewhere."""
+    fill = lambda axis: 1 if axis == 0 else 3 if axis == 1 and len(declared) == 4 else 224  # noqa: E731
+    return ",".join(str(d) if isinstance(d, int) and d > 0 else str(fill(a)) for a, d in enumerate(declared))
 
 
 def with_input_shapes(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:

@@ -4,6 +4,8 @@
     build.py   build_report / write_report: analysis, plan, latency, scores, sensitivity sections
     text.py    render_text, render_json
     html.py    render_html (self-contained page with matplotlib figures)
+    plots.py   plot_sensitivity (the sensitivity command's PNG)
+    labels.py  short distinct names, line styles and damage values for tables and plots
 """
 
 from .build import build_report, format_of, render, write_report

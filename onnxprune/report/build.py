@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from ..analysis import Analysis, analyse
 from ..cost import Cost
 from ..scoring.weights import CRITERIA, score_groups
 from ..errors import OnnxPruneError, PlanError
-from ..runtime.session import CPU, open_session
+from ..runtime.session import interleaved_latency
 from ..model.graph import Model, load_model
 from ..model.files import check_writable, write_text_atomic
 from ..pipeline import Result, inspect_model, load_inputs, prepare
@@ -218,39 +217,10 @@ def _added_params(pruned: Model, original: Model) -> int:
 
 
 def measure_latency(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes, settings: ReportSettings) -> dict:
-    """Median onnxruntime CPU latency of both models, in milliseconds.
-
-    Runs are interleaved (original, pruned, original, ...) so that frequency scaling or a noisy
-    neighbour slows both models alike instead of biasing the speed-up.
-    """
-    feeds = random_inputs(original, shapes, seed=0)
-    sessions = [open_session(m, [CPU], threads=settings.threads, inter_op_threads=1).session for m in (original, pruned)]
-    for _ in range(settings.warmup_runs):
-        for s in sessions:
-            s.run(None, feeds)
-    times: list[list[float]] = [[], []]
-    for _ in range(settings.latency_runs):
-        for s, t in zip(sessions, times):
-            start = time.perf_counter()
-            s.run(None, feeds)
-            t.append((time.perf_counter() - start) * 1000)
-    before, after = (_timing(t) for t in times)
-    return {
-        "provider": "CPUExecutionProvider",
-        "threads": settings.threads,
-        "runs": settings.latency_runs,
-        "warmup_runs": settings.warmup_runs,
-        "batch": int(next(iter(shapes.values()))[0]) if shapes else 1,
-        "before": before,
-        "after": after,
-        "speedup": round(before["median_ms"] / after["median_ms"], 4) if after["median_ms"] > 0 else None,
-    }
-
-
-def _timing(ms: list[float]) -> dict:
-    a = np.asarray(ms)
-    return {"median_ms": round(float(np.median(a)), 4), "p10_ms": round(float(np.percentile(a, 10)), 4),
-            "p90_ms": round(float(np.percentile(a, 90)), 4)}
+    """Median onnxruntime CPU latency of both models on random inputs of ``shapes``, in
+    milliseconds, interleaved (``runtime.session.interleaved_latency``)."""
+    return interleaved_latency(original, pruned, random_inputs(original, shapes, seed=0), runs=settings.latency_runs,
+                               warmup_runs=settings.warmup_runs, threads=settings.threads)
 
 
 def _predicted_latency(report: Report) -> dict:

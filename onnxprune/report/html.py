@@ -165,9 +165,9 @@ def _plots(r: Report) -> str:
     if not r.layers:
         return '<p class="muted">No layer with MACs or parameters.</p>'
     after = " Light bars: before pruning; dark bars: after." if r.plan else ""
-    return (_figure(_per_layer_figure(r, "macs", "MACs"),
+    return (_figure(per_layer_figure(r, "macs", "MACs"),
                     f"MACs per layer with MACs, coloured by whether its output channels can be pruned.{after}")
-            + _figure(_per_layer_figure(r, "params", "parameters"), f"Parameters per layer with parameters.{after}"))
+            + _figure(per_layer_figure(r, "params", "parameters"), f"Parameters per layer with parameters.{after}"))
 
 
 def _layers(r: Report) -> str:
@@ -223,6 +223,7 @@ def _scores(r: Report) -> str:
     s = r.scores
     calibration = s.get("calibration")
     outputs = {g["id"]: g.get("output") or [] for g in r.groups}
+    g_kept = {g["id"]: g["kept"] for g in r.groups if "kept" in g} if r.plan else {}
     rows = []
     for g in s["groups"]:
         name = _name(g["name"])
@@ -230,28 +231,39 @@ def _scores(r: Report) -> str:
             seen = outputs[g["id"]]
             name += (f'<div class="muted small">on {_name(seen[0])}'
                      + (f" +{len(seen) - 1} more" if len(seen) > 1 else "") + "</div>")
+        # Issue 15.15: no "0.00" beside a pruned group: a suggestion of nothing is a dash, and the
+        # plan's own share stands next to it.
+        planned = (f"{1 - g_kept[g['id']] / g['size']:.0%}" if g["id"] in g_kept else "&ndash;")
         rows.append([str(g["id"]), name, str(g["size"]), f"{g['min']:.4g}", f"{g['median']:.4g}",
-                     f"{g['max']:.4g}", f"{g['low_share']:.1%}", f"{g['recommended_ratio']:.2f}"])
+                     f"{g['max']:.4g}", f"{g['low_share']:.1%}",
+                     f"{g['recommended_ratio']:.2f}" if g["recommended_ratio"] > 0 else "&ndash;"]
+                    + ([planned] if g_kept else []))
     source = (f" from {calibration['images']:,} calibration images ({escape(calibration['provider'])}), measured on the "
               "tensor where each group's channels leave their activation") if calibration else ""
+    if g_kept:
+        source += (". The last column is what the plan removes, chosen by its allocation to meet the target; the "
+                   "low-score ratio is only what the scores alone would suggest")
     if s["low_share"] > 0:
         advice = (f"{s['low_share']:.1%} of the prunable channels are low. Removing only low channels suggests a per-group "
-                  f"ratio (last column) and a uniform ratio of at most <b>{s['uniform_safe_ratio']:.2f}</b>. Measure it with "
-                  "the sensitivity analysis before relying on it.")
+                  + (f"ratio (the low-score column) and a uniform ratio of at most <b>{s['uniform_safe_ratio']:.2f}</b>. "
+                   if s["uniform_safe_ratio"] > 0 else "ratio (the low-score column); some groups have no low channel, "
+                   "so no uniform ratio is suggested. ") + "Measure it with the sensitivity analysis before relying on it.")
     else:
         advice = ("<b>No channel is low</b>: the scores do not single out channels that are safe to remove, so they recommend "
                   "no ratio; measure the damage of each ratio with the sensitivity analysis (<code>onnxprune sensitivity</code>).")
     intro = (f"<p>Criterion <b>{escape(str(s['criterion'] or 'given'))}</b>{source}. A channel is <i>low</i> when it scores "
              f"below {s['low_score']:.0%} of its group's median. {advice}</p>")
     return (intro + _figure(_scores_figure(s), "Channel scores divided by the group's median; the dashed line is the low-score threshold.")
-            + f'<div class="scroll">{_table(["id", "group", "channels", "min", "median", "max", "low", "recommended ratio"], rows, numeric={0, 2, 3, 4, 5, 6, 7})}</div>')
+            + f'<div class="scroll">{_table(["id", "group", "channels", "min", "median", "max", "low", "low-score ratio"] + (["plan removes"] if g_kept else []), rows, numeric={0, 2, 3, 4, 5, 6, 7, 8})}</div>')
 
 
 def _sensitivity(r: Report) -> str:
     s = r.sensitivity
     head = ["id", "group", "safe ratio"] + [f"{x:.0%}" for x in s["ratios"]]
-    rows = [[str(g["id"]), f"<code>{escape(g['name'])}</code>", f"{g['safe_ratio']:.2f}"] + [f"{d:.3g}" for d in g["damage"]]
-            for g in s["groups"]]
+    from .labels import damage_text
+
+    rows = [[str(g["id"]), f"<code>{escape(g['name'])}</code>", f"{g['safe_ratio']:.2f}"]
+            + [damage_text(d, s["metric"]) for d in g["damage"]] for g in s["groups"]]
     intro = (f"<p>Damage ({escape(str(s['metric']))}) when a group alone loses a share of its channels "
              f"({escape(str(s['criterion']))} order). Safe ratio: the largest share whose damage stays within {s['tolerance']:g}.</p>")
     return (intro + _figure(_sensitivity_figure(s), "Damage per group against the share of its channels removed.")
@@ -276,7 +288,9 @@ def _axes(width: float, height: float):
     return fig, fig.subplots()
 
 
-def _per_layer_figure(r: Report, key: str, label: str):
+def per_layer_figure(r: Report, key: str, label: str):
+    """The per-layer bar chart of ``key`` (MACs or params), before and after the plan; a long model
+    names every k-th layer on the axis (at most 48 names)."""
     from matplotlib.patches import Patch
     from matplotlib.ticker import EngFormatter
 
@@ -298,10 +312,10 @@ def _per_layer_figure(r: Report, key: str, label: str):
     ax.yaxis.set_major_formatter(EngFormatter())
     ax.set_ylabel(label)
     ax.set_xlim(-0.6, n - 0.4)
-    if n <= 48:
-        ax.set_xticks(x, [axis_label(l["name"], l["op"]) for l in layers], rotation=90, fontsize=7)
-    else:
-        ax.set_xlabel("layer (position in the graph)")
+    step = -(-n // 48)  # issue 15.15: a long model names every step-th layer instead of numbering them
+    ax.set_xticks(x[::step], [axis_label(l["name"], l["op"]) for l in layers[::step]], rotation=90, fontsize=7)
+    if step > 1:
+        ax.set_xlabel(f"layer (every {step}{'nd' if step == 2 else 'rd' if step == 3 else 'th'} named)")
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3)
     return fig
@@ -322,9 +336,13 @@ def _scores_figure(s: dict):
 
 
 def _sensitivity_figure(s: dict):
+    from .labels import distinct_labels, line_styles
+
     fig, ax = _axes(11.4, 4.2)
-    for g in s["groups"]:
-        ax.plot(s["ratios"], g["damage"], marker=".", linewidth=1, label=f"{g['id']}: {_short(g['name'], 24)}")
+    labels = distinct_labels({g["id"]: g["name"] for g in s["groups"]}, 26)  # issue 15.15
+    for g, (colour, style) in zip(s["groups"], line_styles(len(s["groups"]))):
+        ax.plot(s["ratios"], g["damage"], marker=".", linewidth=1, color=colour, linestyle=style,
+                label=f"{g['id']}: {labels[g['id']]}")
     ax.axhline(s["tolerance"], color=COLOURS["blocked"], linestyle="--", linewidth=1)
     ax.set_xlabel("share of the group's channels removed")
     ax.set_ylabel(str(s["metric"]))

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from .labels import damage_text, distinct_labels
 from .model import Report, layer_status, percent
 
 
@@ -125,9 +126,10 @@ def _text_scores(s: dict) -> str:
 def _text_sensitivity(s: dict) -> str:
     lines = [f"sensitivity ({s['metric']}, {s['criterion']} order); safe ratio = damage <= {s['tolerance']:g}",
              f"{'group':>5} {'safe':>6}  " + " ".join(f"{r:>7.0%}" for r in s["ratios"]) + "  name"]
+    labels = distinct_labels({g["id"]: g["name"] for g in s["groups"]}, 40)  # issue 15.15
     for g in s["groups"]:
-        lines.append(f"{g['id']:>5} {g['safe_ratio']:>6.2f}  " + " ".join(f"{d:>7.3g}" for d in g["damage"])
-                     + f"  {_short(g['name'], 40)}")
+        lines.append(f"{g['id']:>5} {g['safe_ratio']:>6.2f}  " + " ".join(f"{damage_text(d, s['metric']):>7}" for d in g["damage"])
+                     + f"  {labels[g['id']]}")
     return "\n".join(lines)
 
 

@@ -210,9 +210,15 @@ class SuffixCache:
         kept_info = [v for v in graph.value_info if v.name in produced_or_cut]
         del g.value_info[:]
         g.value_info.extend(kept_info)
+        batched = set(model_inputs)  # tensors computed from the data carry its batch; constants do not
+        for node in nodes:
+            if any(t in batched for t in node.input):
+                batched.update(node.output)
         for t in cut:
             a = cached[0][t]
-            shape = ["N", *a.shape[1:]] if a.ndim else []  # batches may differ in size
+            # Batches may differ in size. A cut constant (PaddlePaddle's Reshape'd [1, C, 1, 1] biases)
+            # keeps its shape: a shared "N" would let onnxruntime fuse Conv + Add as equal shapes (issue 15).
+            shape = ["N", *a.shape[1:]] if a.ndim and t in batched else list(a.shape)
             g.input.append(onnx.helper.make_tensor_value_info(t, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), shape))
         g.input.extend(i for i in graph.input if i.name in names and i.name in needed)
         g.output.append(onnx.ValueInfoProto(name=output))
