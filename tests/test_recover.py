@@ -154,6 +154,34 @@ def test_blockwise_cuts_at_block_outputs_and_never_worsens(models):
     assert again.model.SerializeToString() == result.model.SerializeToString()
 
 
+def test_recovery_alone_records_the_data_and_apply_replays_it(models, tmp_path):
+    """With --reconstruct none the plan still records the calibration data when recovery changed
+    the weights: apply replays it byte for byte on the same data and refuses other data."""
+    from onnxprune import apply_plan
+    from onnxprune.errors import PlanError
+
+    _, _, _, path = models
+    settings = Settings(target=Target("flops", 0.5), reconstruct="none", recover=RecoverSettings(steps=12, seed=1))
+    result = compress(str(path), settings, data=calib())
+    assert result.summary["recovery"]["kept"] != "unchanged" and result.plan.settings["data_fingerprint"]
+    again = apply_plan(str(path), result.plan, data=calib())
+    assert again.SerializeToString() == result.model.SerializeToString()
+    with pytest.raises(PlanError, match="differs"):
+        apply_plan(str(path), result.plan, data=calib(seed=1))
+    with pytest.raises(PlanError, match="recovery"):
+        apply_plan(str(path), result.plan)
+
+
+def test_settings_are_checked_when_built():
+    from onnxprune.errors import OnnxPruneError
+
+    for bad in ({"mode": "layerwise"}, {"time": -1.0}, {"steps": 0}, {"holdout": 0.0}, {"augment": "flip"}):
+        with pytest.raises(OnnxPruneError):
+            RecoverSettings(**bad)
+    with pytest.raises(OnnxPruneError, match="RecoverSettings"):
+        Settings(target=Target("flops", 0.3), recover={"time": 5})
+
+
 def test_output_kinds():
     assert output_kind(torch.randn(4, 10), "Gemm") == "class"
     assert output_kind(torch.randn(4, 7, 30).softmax(-1), "MatMul") == "seq"
@@ -175,16 +203,28 @@ def test_bad_settings_are_one_line_errors(models):
 def test_cli_recovers_by_default_and_apply_replays_it(capsys, tmp_path):
     model = classifier(tmp_path / "m.onnx")
     np.savez(tmp_path / "calib.npz", **calib(64))
-    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.5", "--data", tmp_path / "calib.npz", "--json")
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.5", "--data", tmp_path / "calib.npz", "--json",
+                             "--latency-runs", "0")
     assert code == 0, err
     s = json.loads(out)
     rec = s["recovery"]
     assert rec["heldout_after"]["loss"] <= rec["heldout_before"]["loss"] and rec["mode"] == "global"
     assert "recovery" in s["seconds"]
+    # Recovery trains and selects on the calibration part only: the --holdout share stays unseen,
+    # and the before/after evaluation measures the recovered model on it.
+    assert s["holdout"]["held_out"] > 0 and "evaluation" in s
+    assert rec["train_samples"] + rec["heldout_samples"] == s["holdout"]["calibration_samples"] == 64 - s["holdout"]["held_out"]
     code, _, err = run_cli(capsys, "apply", model, tmp_path / "m.pruned.plan.json", "--data", tmp_path / "calib.npz",
                            "-o", tmp_path / "again.onnx")
     assert code == 0, err
     assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "m.pruned.onnx").read_bytes()
+    np.savez(tmp_path / "other.npz", **calib(64, seed=1))
+    code, _, err = run_cli(capsys, "apply", model, tmp_path / "m.pruned.plan.json", "--data", tmp_path / "other.npz",
+                           "-o", tmp_path / "other.onnx")
+    assert code == 1 and "differs from the plan's calibration data" in err, err
+    code, out, err = run_cli(capsys, "compress", model, "--flops", "0.5", "--data", tmp_path / "calib.npz", "--json",
+                             "--dry-run")
+    assert code == 0 and json.loads(out)["dry_run"] and "recovery" not in json.loads(out), err
     code, out, err = run_cli(capsys, "compress", model, "--flops", "0.5", "--data", tmp_path / "calib.npz", "--json",
                              "--no-recover", "-o", tmp_path / "n.onnx")
     assert code == 0 and "recovery" not in json.loads(out)

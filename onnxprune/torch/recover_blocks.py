@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from .recover import PROBE, Budget, fit
+from .recover_fit import PROBE, Budget, fit
 from .recover_loss import WEIGHTED_OPS, Matcher, nmse, output_loss, run, snapshot
 
 PROPAGATE = 0.15  # share of the time budget left for passing the samples through trained blocks
