@@ -1,6 +1,9 @@
 """Label-free recovery in torch: the pruned model learns to reproduce the original's outputs and
 intermediate features on calibration samples (no labels), with its pruned channels left out.
 
+Files: losses, captured runs and the feature matcher in :mod:`.recover_loss`, the optimisation
+loop and budget in :mod:`.recover_fit`, the block-wise trainer in :mod:`.recover_blocks`.
+
 Loss. Per model output: ``T**2 * KL`` of the tempered softmax for a classifier (a 2-D ``[N, C]``
 output) and, per position, for sequence posteriors (a 3-D output whose last axis holds
 probabilities, log-probabilities or comes from a (Log)Softmax node: CTC heads, ``[N, T, C]`` or
