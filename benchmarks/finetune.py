@@ -56,7 +56,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import hashlib  # noqa: E402
-import json  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -70,7 +69,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MODELS, ROOT, Stopwatch, calibration_set, fmnist, machine, table, top1  # noqa: E402
+from common import MODELS, ROOT, Stopwatch, calibration_set, fmnist, machine, read_log, reusable, table, top1, write_log  # noqa: E402
 
 import architectures  # noqa: E402  (models/ is on sys.path via common)
 
@@ -331,9 +330,8 @@ def previous_rows(ap: argparse.ArgumentParser, args) -> dict[tuple, dict]:
     ("row", model, target, method, mode), ("tp-best", model, target), ("tp-importance", model,
     target, importance). Nothing when that run used other settings (see RESUME_KEYS)."""
     path = Path(args.out).with_suffix(".json")
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
+    old = read_log(path, None)
+    if not isinstance(old, dict):
         return {}
     settings = old.get("settings")
     if settings is None:  # written before settings were recorded: read them from its command line
@@ -341,7 +339,7 @@ def previous_rows(ap: argparse.ArgumentParser, args) -> dict[tuple, dict]:
             settings = vars(ap.parse_args(shlex.split(old["command"])[2:]))
         except (KeyError, SystemExit):
             return {}
-    if any(settings.get(k) != getattr(args, k) for k in RESUME_KEYS):
+    if not reusable({"settings": {k: settings.get(k) for k in RESUME_KEYS}}, {k: getattr(args, k) for k in RESUME_KEYS}):
         print(f"not resuming from {path}: it was run with other settings", file=sys.stderr)
         return {}
     undated = datetime.date.fromtimestamp(path.stat().st_mtime).isoformat()
@@ -585,10 +583,9 @@ class Report:
                 + "\n\n".join(sections) + "\n")
         out = Path(args.out)
         out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps(
-            {"command": self.command, "settings": {k: getattr(args, k) for k in RESUME_KEYS}, "seconds": seconds,
-             "complete": final, "log": self.log + [dict(e, carried=True) for e in self.carry.values()]}, indent=1,
-            default=float))
+        write_log(out.with_suffix(".json"),
+                  {"command": self.command, "settings": {k: getattr(args, k) for k in RESUME_KEYS}, "seconds": seconds,
+                   "complete": final, "log": self.log + [dict(e, carried=True) for e in self.carry.values()]})
         if final:
             print(text)
 
