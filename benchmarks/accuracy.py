@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import MODELS, ROOT, Stopwatch, calibration_set, fmnist, machine, read_log, reusable, table, top1, write_log  # noqa: E402
+from render import Page  # noqa: E402
 
 from onnxprune import Settings, Target, compress  # noqa: E402
 from onnxprune.errors import TargetError  # noqa: E402
@@ -229,13 +230,15 @@ def _key(e: dict) -> tuple:
 
 
 def write(out: Path, args, log: list[dict], base_rows: list[list]) -> str:
-    sections = ["## Unpruned models\n\n" + table(["model", "top-1 (10k test)"], base_rows)]
-    sections += [section(kind, log) for kind in TABLES if any(e.get("table") == kind for e in log)]
-    text = ("# Accuracy before fine-tuning\n\nTop-1 on the full Fashion-MNIST test split (10,000 images). "
-            f"Calibration: {args.calib} train-split images.\n\nCommand: `python benchmarks/accuracy.py` (all tables, "
-            f"both models; `--tables T --models M` reruns part and keeps the rest). Last run: `--tables {args.tables} "
-            f"--models {args.models}{' --resume' if args.resume else ''}`; entries measured on "
-            f"{', '.join(sorted({e['date'] for e in log if e.get('date')})) or 'unrecorded dates'}\n\nMachine: {machine()}\n\n" + "\n\n".join(sections) + "\n")
+    dates = ", ".join(sorted({e["date"] for e in log if e.get("date")})) or "unrecorded dates"
+    page = Page("Accuracy before fine-tuning")
+    page.para(f"Top-1 on the full Fashion-MNIST test split (10,000 images). Calibration: {args.calib} train-split images.",
+              "Command: `python benchmarks/accuracy.py` (all tables, both models; `--tables T --models M` reruns part "
+              f"and keeps the rest). Last run: `--tables {args.tables} --models {args.models}"
+              f"{' --resume' if args.resume else ''}`; entries measured on {dates}", f"Machine: {machine()}")
+    page.section("Unpruned models").grid(["model", "top-1 (10k test)"], base_rows)
+    page.block(*[section(kind, log) for kind in TABLES if any(e.get("table") == kind for e in log)])
+    text = page.text()
     out.write_text(text)
     unpruned = [{"table": "unpruned", "model": name, "top1": acc} for name, acc in base_rows]  # read by run_all
     write_log(out.with_suffix(".json"), log + unpruned)
