@@ -15,20 +15,21 @@ Three tables, each on the full 10,000-image test split; calibration and sensitiv
     python benchmarks/accuracy.py --resume              # measure only the entries the log lacks
 
 Every entry is saved to ACCURACY.json beside the page as soon as it is measured (an interrupted
-run keeps its rows); ``--resume`` keeps the log's entries of the selected tables and models and
-measures only the missing ones.
+run keeps its rows); ``--resume`` keeps the log's entries of the selected tables and models
+measured with the same ``--calib`` (common.reusable, the rule of every resumable benchmark) and
+measures only the others. ``--render`` rewrites the page from the log alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MODELS, ROOT, Stopwatch, calibration_set, fmnist, machine, table, top1  # noqa: E402
+from common import MODELS, ROOT, Stopwatch, calibration_set, fmnist, machine, read_log, reusable, table, top1, write_log  # noqa: E402
+from render import Page  # noqa: E402
 
 from onnxprune import Settings, Target, compress  # noqa: E402
 from onnxprune.errors import TargetError  # noqa: E402
@@ -190,14 +191,20 @@ def main():
     models = args.models.split(",")
     out = Path(args.out)
     # Rerunning some tables or models keeps the other entries of the previous run's log.
-    log = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
+    log = read_log(out.with_suffix(".json"), [])
+    settings = {"calib": args.calib}  # what an entry must share to be reused by --resume
     for e in log:  # entries of the first log format name their variant by its setting
         e.setdefault("variant", e.get("reconstruct", e.get("allocation", e.get("criterion"))))
+        e.setdefault("settings", {"calib": 1024})  # logged before settings were: all measured with the default
+    logged_base = [[e["model"], e["top1"]] for e in log if e.get("table") == "unpruned"]
     selected = [e for e in log if e.get("table") in TABLES and e["table"] in tables and e.get("model") in models]
     log = [e for e in log if e.get("table") in TABLES and not (e["table"] in tables and e.get("model") in models)]
     if args.resume:
         log, selected = log + selected, []
-    have = {(e["table"], e["model"], e["flops"], e["criterion"], e["variant"]) for e in log if "flops" in e}
+    have = {_key(e) for e in log if "flops" in e and reusable(e, settings)}
+    if args.render and logged_base:  # render only: the unpruned top-1 as logged, nothing evaluated
+        print(write(out, args, log + selected, logged_base))
+        return
     test = fmnist("test")
     calib = calibration_set(args.calib)
     base_rows = [[name, top1(path, test)] for name, path in MODELS.items()]
@@ -208,24 +215,33 @@ def main():
     for kind in tables:
         skip = lambda key, kind=kind: (kind, *key) in have  # noqa: E731
         for entry in TABLES[kind][0]({name: MODELS[name] for name in models}, test, calib, skip):
-            log.append({"table": kind, **entry, "date": machine().split(", ")[-1]})
+            new = {"table": kind, **entry, "settings": settings, "date": machine().split(", ")[-1]}
+            if "flops" in new:  # replaces an entry of other settings kept by --resume
+                log = [e for e in log if "flops" not in e or _key(e) != _key(new)]
+            log.append(new)
             measured += "flops" in entry
             write(out, args, log, base_rows)  # after every entry: an interrupted run keeps its rows
     print(write(out, args, log, base_rows))
     print(f"{measured} entries measured, {len(have)} kept from the log" if args.resume else f"{measured} entries measured")
 
 
+def _key(e: dict) -> tuple:
+    return e["table"], e["model"], e["flops"], e["criterion"], e["variant"]
+
+
 def write(out: Path, args, log: list[dict], base_rows: list[list]) -> str:
-    sections = ["## Unpruned models\n\n" + table(["model", "top-1 (10k test)"], base_rows)]
-    sections += [section(kind, log) for kind in TABLES if any(e.get("table") == kind for e in log)]
-    text = ("# Accuracy before fine-tuning\n\nTop-1 on the full Fashion-MNIST test split (10,000 images). "
-            f"Calibration: {args.calib} train-split images.\n\nCommand: `python benchmarks/accuracy.py` (all tables, "
-            f"both models; `--tables T --models M` reruns part and keeps the rest). Last run: `--tables {args.tables} "
-            f"--models {args.models}{' --resume' if args.resume else ''}`; entries measured on "
-            f"{', '.join(sorted({e['date'] for e in log if e.get('date')})) or 'unrecorded dates'}\n\nMachine: {machine()}\n\n" + "\n\n".join(sections) + "\n")
+    dates = ", ".join(sorted({e["date"] for e in log if e.get("date")})) or "unrecorded dates"
+    page = Page("Accuracy before fine-tuning")
+    page.para(f"Top-1 on the full Fashion-MNIST test split (10,000 images). Calibration: {args.calib} train-split images.",
+              "Command: `python benchmarks/accuracy.py` (all tables, both models; `--tables T --models M` reruns part "
+              f"and keeps the rest). Last run: `--tables {args.tables} --models {args.models}"
+              f"{' --resume' if args.resume else ''}`; entries measured on {dates}", f"Machine: {machine()}")
+    page.section("Unpruned models").grid(["model", "top-1 (10k test)"], base_rows)
+    page.block(*[section(kind, log) for kind in TABLES if any(e.get("table") == kind for e in log)])
+    text = page.text()
     out.write_text(text)
     unpruned = [{"table": "unpruned", "model": name, "top1": acc} for name, acc in base_rows]  # read by run_all
-    out.with_suffix(".json").write_text(json.dumps(log + unpruned, indent=1))
+    write_log(out.with_suffix(".json"), log + unpruned)
     return text
 
 

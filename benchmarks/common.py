@@ -98,6 +98,34 @@ def render_or_run(args, script: str, run, markdown) -> None:
             args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
 
 
+# --------------------------------------------------------------------------- resumable logs
+# The one resume rule of the benchmarks with ``--resume`` (accuracy, finetune, real_accuracy):
+# their JSON log is rewritten atomically after every row, and a logged row is reused only when it
+# was measured with the settings the current run would use (``reusable``).
+
+
+def read_log(path: Path, default):
+    """The JSON log at ``path``; ``default`` when there is none or it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def write_log(path: Path, log) -> None:
+    """Write the log through a temporary file, so an interrupted run never leaves half a log."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    tmp.write_text(json.dumps(log, indent=1, ensure_ascii=False, default=float))
+    tmp.replace(path)
+
+
+def reusable(entry: dict | None, settings: dict) -> bool:
+    """Whether a logged row (its ``settings`` dict) was measured the way this run would measure it."""
+    return entry is not None and entry.get("settings") == settings
+
+
 # --------------------------------------------------------------------------- child processes
 
 

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import run_child  # noqa: E402
+from render import Page  # noqa: E402
 from zoo import SEGMENTATION, TIMM, WHEELS, export_segmentation, export_timm, wheel_model  # noqa: E402
 CACHE = Path(os.environ.get("ONNXPRUNE_CORPUS_CACHE", Path.home() / ".cache" / "onnxprune" / "corpus"))
 
@@ -159,38 +160,26 @@ FAILED, UNDER, NOTES_HEAD, OTHER = ("## Targets not reached (exact messages)", "
 
 def markdown(rows: list[dict], command: str) -> str:
     done = [r for r in rows if _done(r)]
-    lines = [
-        "# Architecture coverage",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}  ",
-        f"Date: {datetime.date.today().isoformat()}",
-        "",
-        "Per model: MACs of Conv/ConvTranspose layers (GMACs at the input size), the share of them in",
-        "layers with at least one prunable weight axis, the result of `compress --flops 0.3` (the reduction",
-        "reached with invariants 1-4 checked on the result: masking equivalence, empty plan, checker +",
-        "onnxruntime, predicted = measured cost) or the unreachable-target message, and the op types",
-        "that block the rest (share of conv MACs). Random weights: accuracy is not the point here.",
-        "",
-        counts(rows),
-        "",
-        "```",
-        format_coverage_header(),
-        *[_table_line(r) for r in rows if "crash" not in r and "unavailable" not in r],
-        "```",
-        "",
-    ]
+    page = Page("Architecture coverage", command=command,
+                machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+                        f"{platform.system()} {platform.release()}", date=datetime.date.today().isoformat())
+    page.para("Per model: MACs of Conv/ConvTranspose layers (GMACs at the input size), the share of them in\n"
+              "layers with at least one prunable weight axis, the result of `compress --flops 0.3` (the reduction\n"
+              "reached with invariants 1-4 checked on the result: masking equivalence, empty plan, checker +\n"
+              "onnxruntime, predicted = measured cost) or the unreachable-target message, and the op types\n"
+              "that block the rest (share of conv MACs). Random weights: accuracy is not the point here.",
+              counts(rows))
+    page.para("\n".join(["```", format_coverage_header(),
+                         *[_table_line(r) for r in rows if "crash" not in r and "unavailable" not in r], "```"]))
     for title, fn in ((FAILED, _failed_line), (UNDER, _under_line)):
         items = [x for x in map(fn, done) if x]
         if items:
-            lines += [title, "", *items, ""]
-    lines += NOTES.splitlines()
-    lines.append("")
+            page.block(title, "\n".join(items))
+    page.lines += NOTES.splitlines() + [""]
     other = [x for x in map(_other_line, rows) if x]
     if other:
-        lines += [OTHER, "", *other, ""]
-    return "\n".join(lines)
+        page.block(OTHER, "\n".join(other))
+    return page.text()
 
 
 def format_coverage_header() -> str:

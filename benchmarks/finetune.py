@@ -56,7 +56,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import hashlib  # noqa: E402
-import json  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -70,7 +69,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MODELS, ROOT, Stopwatch, calibration_set, fmnist, machine, table, top1  # noqa: E402
+from common import MODELS, ROOT, Stopwatch, calibration_set, fmnist, machine, read_log, reusable, top1, write_log  # noqa: E402
+from render import Col, Page  # noqa: E402
 
 import architectures  # noqa: E402  (models/ is on sys.path via common)
 
@@ -331,9 +331,8 @@ def previous_rows(ap: argparse.ArgumentParser, args) -> dict[tuple, dict]:
     ("row", model, target, method, mode), ("tp-best", model, target), ("tp-importance", model,
     target, importance). Nothing when that run used other settings (see RESUME_KEYS)."""
     path = Path(args.out).with_suffix(".json")
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
+    old = read_log(path, None)
+    if not isinstance(old, dict):
         return {}
     settings = old.get("settings")
     if settings is None:  # written before settings were recorded: read them from its command line
@@ -341,7 +340,7 @@ def previous_rows(ap: argparse.ArgumentParser, args) -> dict[tuple, dict]:
             settings = vars(ap.parse_args(shlex.split(old["command"])[2:]))
         except (KeyError, SystemExit):
             return {}
-    if any(settings.get(k) != getattr(args, k) for k in RESUME_KEYS):
+    if not reusable({"settings": {k: settings.get(k) for k in RESUME_KEYS}}, {k: getattr(args, k) for k in RESUME_KEYS}):
         print(f"not resuming from {path}: it was run with other settings", file=sys.stderr)
         return {}
     undated = datetime.date.fromtimestamp(path.stat().st_mtime).isoformat()
@@ -414,7 +413,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "docs" / "FINETUNE.md"))
     ap.add_argument("--resume", action="store_true", help="reuse the previous run's rows (same settings), measure the rest")
+    ap.add_argument("--render", action="store_true", help="rewrite the page from the JSON beside --out, run nothing")
     args = ap.parse_args()
+    if args.render:
+        return render(args)
     previous = previous_rows(ap, args) if args.resume else {}
     torch.set_num_threads(THREADS)
     torch.manual_seed(args.seed)
@@ -457,7 +459,6 @@ def main():
                     report.log.append(dict(best, reused=True))
             teacher = read_model(MODELS[name])
             base_acc = top1(teacher, test)
-            report.base_rows.append([name, f"{base_acc:.2%}", pruners.base.macs, pruners.base.params])
             report.log.append({"event": "base", "model": name, "top1": base_acc, "macs": pruners.base.macs,
                                "params": pruners.base.params})
         old = report.carry.pop(("row", name, fraction, method, mode), None)
@@ -505,11 +506,11 @@ class Report:
         # before reaching them loses none of them (the next --resume finds them again)
         self.carry = dict(previous or {})
         self.command = " ".join(["python benchmarks/finetune.py", *(shlex.quote(a) for a in sys.argv[1:])])
-        self.rows, self.tp_rows, self.base_rows, self.log = [], [], [], []
+        self.log = []  # the records; every table of the page is rendered from them
+        self.machine = f"{machine()}, torch {torch.__version__} ({THREADS} threads), torch-pruning {_tp_version()}"
 
     def add(self, rec: dict, row: list, seconds: float) -> None:
         self.log.append(rec)
-        self.rows.append(row)
         print(" | ".join(str(v) for v in row), f"({seconds:.0f} s)", flush=True)
         self.write(seconds)
 
@@ -521,7 +522,6 @@ class Report:
             if all(olds):
                 for e in olds:
                     self.log.append(dict(e, reused=True))
-                    self.tp_rows.append(tp_row(e))
                 continue
             pruners.best_tp(fraction)
             sel = next(r["selection_top1"] for r in self.log if r["event"] == "tp-best"
@@ -535,10 +535,12 @@ class Report:
                        "tp_ops_reduction": e["tp_ops_reduction"], "selection_top1": sel.get(imp),
                        "top1_before": e["top1"], "date": TODAY}
                 self.log.append(rec)
-                self.tp_rows.append(tp_row(rec))
 
-    def write(self, seconds: float, final: bool = False) -> None:
+    def markdown(self, seconds: float, final: bool = False) -> str:
         args = self.args
+        events = lambda kind: [e for e in self.log if e.get("event") == kind]  # noqa: E731
+        table_rows = [table_row(r, args.epochs) for r in events("row")]
+        tp_rows = [tp_row(e) for e in events("tp-importance")]
         train_desc = "all 60,000" if args.train_images is None else f"{args.train_images:,} (seeded)"
         bn = "BatchNorm batch statistics (`--train-bn`)" if args.train_bn else "BatchNorm statistics frozen (library default)"
         caption = (
@@ -556,21 +558,7 @@ class Report:
             f"same target (uniform ratios move in jumps of 1-5% of the MACs on these narrow models), then is "
             f"exported to ONNX (opset 17, BatchNorm unfused). Calibration for hrank, ldrf and sensitivity: "
             f"{args.calib} train-split images; no method sees the test split before evaluation.")
-        sections = [
-            "## Unpruned models\n\n" + table(["model", "top-1", "MACs", "params"], self.base_rows),
-            "## Pruned, then fine-tuned\n\n" + caption + "\n\n" + table(
-                ["model", "FLOPs target", "method", "fine-tuning", "FLOPs removed", "TP ops removed",
-                 "params removed", "before", "after 1 epoch", f"after {args.epochs} epochs"], self.rows),
-        ]
-        if self.tp_rows:
-            sections.append(
-                "## Torch-Pruning importances (before fine-tuning)\n\n*Selection top-1*: 2,000 train-split "
-                "images; the best importance other than magnitude on it is the `tp-best` row above (Taylor: "
-                f"loss gradients on {TAYLOR_IMAGES} train images, recomputed after every pruning step). "
-                "*Test top-1*: 10k test split.\n\n"
-                + table(["model", "FLOPs target", "importance", "FLOPs removed", "TP ops removed",
-                         "selection top-1", "test top-1"], self.tp_rows))
-        status = "" if final else f" (in progress: {len(self.rows)} of {self.planned} rows)"
+        status = "" if final else f" (in progress: {len(table_rows)} of {self.planned} rows)"
         rows = [r for r in self.log if r.get("event") == "row"]
         reused = [r for r in rows if r.get("reused")]
         if reused:
@@ -579,18 +567,51 @@ class Report:
                        f"previous run's log (measured {dates}; `--resume`)")
         work = sum(r.get("prune_seconds", 0) + r.get("seconds", 0) for r in rows)
         status += f"; measuring every row from scratch takes about {work / 60:.0f} min of pruning and fine-tuning"
-        text = (f"# Fine-tuning after pruning: onnxprune vs Torch-Pruning\n\nCommand: `{self.command}`\n\n"
-                f"Machine: {machine()}, torch {torch.__version__} ({THREADS} threads), "
-                f"torch-pruning {_tp_version()}\n\nRun time: {seconds / 60:.1f} min{status}\n\n"
-                + "\n\n".join(sections) + "\n")
-        out = Path(args.out)
+        page = Page("Fine-tuning after pruning: onnxprune vs Torch-Pruning", command=self.command)
+        page.para(f"Machine: {self.machine}",
+                  f"Run time: {seconds / 60:.1f} min{status}")
+        page.section("Unpruned models").table(BASE_COLS, events("base"))
+        page.section("Pruned, then fine-tuned", caption).grid(
+            ["model", "FLOPs target", "method", "fine-tuning", "FLOPs removed", "TP ops removed",
+             "params removed", "before", "after 1 epoch", f"after {args.epochs} epochs"], table_rows)
+        if tp_rows:
+            page.section("Torch-Pruning importances (before fine-tuning)",
+                         "*Selection top-1*: 2,000 train-split images; the best importance other than magnitude on it "
+                         f"is the `tp-best` row above (Taylor: loss gradients on {TAYLOR_IMAGES} train images, "
+                         "recomputed after every pruning step). *Test top-1*: 10k test split.")
+            page.grid(["model", "FLOPs target", "importance", "FLOPs removed", "TP ops removed",
+                       "selection top-1", "test top-1"], tp_rows)
+        return page.text()
+
+    def write(self, seconds: float, final: bool = False) -> None:
+        text = self.markdown(seconds, final)
+        out = Path(self.args.out)
         out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps(
-            {"command": self.command, "settings": {k: getattr(args, k) for k in RESUME_KEYS}, "seconds": seconds,
-             "complete": final, "log": self.log + [dict(e, carried=True) for e in self.carry.values()]}, indent=1,
-            default=float))
+        write_log(out.with_suffix(".json"),
+                  {"command": self.command, "machine": self.machine,
+                   "settings": {k: getattr(self.args, k) for k in RESUME_KEYS},
+                   "seconds": seconds, "complete": final,
+                   "log": self.log + [dict(e, carried=True) for e in self.carry.values()]})
         if final:
             print(text)
+
+
+BASE_COLS = [Col("model", "model"), Col("top-1", "top1", ".2%"), Col("MACs", "macs"), Col("params", "params")]
+
+
+def render(args) -> None:
+    """Rewrite the page from the JSON beside ``--out`` (its settings, command and records), run nothing."""
+    path = Path(args.out).with_suffix(".json")
+    res = read_log(path, None)
+    if not isinstance(res, dict):
+        raise SystemExit(f"error: no readable log at {path}")
+    for k, v in res.get("settings", {}).items():
+        setattr(args, k, v)
+    report = Report.__new__(Report)  # no measuring run: nothing about this machine is asked
+    report.args, report.planned, report.carry = args, 0, {}
+    report.command, report.machine = res["command"], res.get("machine", "not recorded")
+    report.log = [e for e in res["log"] if not e.get("carried")]
+    Path(args.out).write_text(report.markdown(res["seconds"], final=res.get("complete", True)))
 
 
 def _tp_version() -> str:

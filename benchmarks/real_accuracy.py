@@ -42,6 +42,7 @@ import realmodels  # noqa: E402
 from realmodels import ZOO, cache_dir  # noqa: E402
 
 sys.path.insert(0, str(HERE))
+from common import read_log, reusable, write_log  # noqa: E402
 from render import Col, Page  # noqa: E402
 
 ROOT = HERE.parent
@@ -211,16 +212,11 @@ def speedup(original, pruned, x, reps: int) -> dict:
 # ----------------------------------------------------------------------------- the log
 
 def load_log(path: Path) -> dict:
-    if path.exists():
-        return json.loads(path.read_text())
-    return {"originals": {}, "rows": []}
+    return read_log(path, {"originals": {}, "rows": []})
 
 
 def save_log(log: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    tmp.write_text(json.dumps(log, indent=1, ensure_ascii=False))
-    tmp.replace(path)
+    write_log(path, log)
 
 
 def pct(v):
@@ -370,7 +366,7 @@ def main(argv=None) -> int:
                             "n_eval": len(y), "digest": digest, "generator": realmodels.GENERATOR_VERSION, "harness": HARNESS}
                 key = (name, variant, target)
                 old = [r for r in log["rows"] if (r["model"], r["variant"], r["target"]) == key]
-                if args.resume and old and old[0].get("settings") == settings:
+                if args.resume and old and reusable(old[0], settings):
                     continue
                 pruned = work / f"{name}-{variant}-{target}.onnx"
                 rec = run_compress([str(path), *cli, "-o", str(pruned), "--force"], pruned.with_suffix(".log"))

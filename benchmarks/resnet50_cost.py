@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import machine  # noqa: E402
+from render import Page  # noqa: E402
 from zoo import export  # noqa: E402
 
 from onnxprune import Settings, Target, analyse, compress, load_model  # noqa: E402
@@ -145,7 +146,11 @@ def main():
     ap.add_argument("--groups", type=int, default=4, help="groups measured side by side")
     ap.add_argument("--quick", action="store_true", help="32 images, 2 groups, no ldrf row")
     ap.add_argument("--out", default=str(ROOT / "docs" / "RESNET50_COST.md"))
+    ap.add_argument("--render", action="store_true", help="rewrite the page from the JSON beside --out, run nothing")
     args = ap.parse_args()
+    if args.render:
+        Path(args.out).write_text(markdown(json.loads(Path(args.out).with_suffix(".json").read_text())))
+        return
     if args.quick:
         args.images, args.recon_images, args.groups = 32, 16, 2
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -159,28 +164,28 @@ def main():
                           ("none", "local", "ldrf", WHOLE_PREFIX))
     sens = sensitivity_rows(path, images[: args.images], args.groups, images[: args.recon_images])
     load1 = os.getloadavg()[0]
-    from common import table
-
-    text = (
-        "# ResNet-50 (224x224): cost of reconstruction and of the sensitivity analysis\n\n"
-        f"Command: `python benchmarks/resnet50_cost.py{' --quick' if args.quick else ''}` "
-        f"({time.perf_counter() - start:.0f} s). Random-init torchvision ResNet-50, random-normal images.\n\n"
-        f"Machine: {machine()}; load average {load0:.1f} at the start, {load1:.1f} at the end (other jobs were "
-        "running: absolute times are inflated, ratios measured side by side hold).\n\n"
-        "## Reconstruction\n\n" + table(["run", "seconds", "stages"], recon) + "\n\n"
-        f"## Sensitivity analysis, {args.images} evaluation images\n\n"
-        "Seconds per evaluation (one candidate: one group at 50%), three ways side by side.\n\n"
-        + table(["", "rewrite + new session", "masked, whole graph", "masked, changed part only"], sens) + "\n"
-    )
+    rec = {"command": f"python benchmarks/resnet50_cost.py{' --quick' if args.quick else ''}", "machine": machine(),
+           "seconds": round(time.perf_counter() - start), "load": [load0, load1], "images": args.images,
+           "reconstruction": {"headers": ["run", "seconds", "stages"], "rows": recon},
+           "sensitivity": {"headers": ["", "rewrite + new session", "masked, whole graph", "masked, changed part only"],
+                           "rows": sens}}
+    text = markdown(rec)
     Path(args.out).write_text(text)
-    Path(args.out).with_suffix(".json").write_text(json.dumps({  # the record run_all summarises
-        "command": f"python benchmarks/resnet50_cost.py{' --quick' if args.quick else ''}", "machine": machine(),
-        "load": [load0, load1], "images": args.images,
-        "reconstruction": {"headers": ["run", "seconds", "stages"], "rows": recon},
-        "sensitivity": {"headers": ["", "rewrite + new session", "masked, whole graph", "masked, changed part only"],
-                        "rows": sens}}, indent=1, default=float))
+    Path(args.out).with_suffix(".json").write_text(json.dumps(rec, indent=1, default=float))  # run_all reads it
     print(text)
 
+
+def markdown(rec: dict) -> str:
+    page = Page("ResNet-50 (224x224): cost of reconstruction and of the sensitivity analysis")
+    page.para(f"Command: `{rec['command']}` ({rec['seconds']:.0f} s). Random-init torchvision ResNet-50, "
+              "random-normal images.",
+              f"Machine: {rec['machine']}; load average {rec['load'][0]:.1f} at the start, {rec['load'][1]:.1f} at "
+              "the end (other jobs were running: absolute times are inflated, ratios measured side by side hold).")
+    page.section("Reconstruction").grid(rec["reconstruction"]["headers"], rec["reconstruction"]["rows"])
+    page.section(f"Sensitivity analysis, {rec['images']} evaluation images",
+                 "Seconds per evaluation (one candidate: one group at 50%), three ways side by side.")
+    page.grid(rec["sensitivity"]["headers"], rec["sensitivity"]["rows"])
+    return page.text()
 
 if __name__ == "__main__":
     main()

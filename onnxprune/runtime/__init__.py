@@ -3,8 +3,9 @@ prefix activations are cached.
 
     session.py    open_session (providers, threads, >2 GiB models), session, run
     submodel.py   graph walks (nodes above / below a set of tensors) and sub-model extraction
-    frontier.py   prefix-activation caches: Frontier (reconstruction passes), SuffixCache
-                  (the sensitivity analysis' focused evaluation)
+    frontier.py   prefix-activation caching, one implementation (PrefixCache) in two
+                  configurations: Frontier (reconstruction passes), SuffixCache (the
+                  sensitivity analysis' focused evaluation)
     latency.py    the latency model (onnxruntime profiles of aligned variants, cached) and the
                   interleaved speed-up measurement (issue 16)
 """

@@ -1,8 +1,10 @@
-"""Prefix-activation caches: run a model from stored intermediate activations instead of from
-its inputs. :class:`Frontier` serves the reconstruction's passes (the computed part of the graph
-grows wave by wave, folds invalidate what lies below them); the sensitivity analysis' focused
-evaluator (``allocate.sensitivity``) caches the tensors entering the changed part once and
-runs only the suffix."""
+"""Prefix-activation caching: run a model from stored intermediate activations instead of from
+its inputs. One implementation, :class:`PrefixCache` (per-batch store in memory up to a budget,
+then on disk or refused; segments cut with ``submodel.segment``), in two configurations:
+:class:`Frontier` serves the reconstruction's passes (the computed part of the graph grows wave
+by wave, folds invalidate what lies below them); :class:`SuffixCache` serves the sensitivity
+analysis' focused evaluator (``allocate.sensitivity``): the tensors entering the part some
+weights change are stored once, and each evaluation runs only that suffix."""
 
 from __future__ import annotations
 
@@ -21,30 +23,38 @@ from .submodel import segment as cut_segment
 FRONTIER_MEMORY = 2 << 30  # bytes of frontier activations kept in memory per model; the rest goes to disk
 
 
-class Frontier:
-    """Runs a model up to requested tensors, wave after wave, without recomputing what an earlier
-    wave computed: the outputs of computed nodes that uncomputed nodes read (the frontier) are
-    kept for every batch, and the next run starts from them. ``invalidate`` forgets what lies
-    below nodes whose weights changed (LDRF folds the model in place between waves).
+class PrefixCache:
+    """Stored activations of a model, per batch, and sessions that start from them.
 
+    Two ways to use it. Waves (``begin``/``step``/``finish``, :class:`Frontier`): run the model
+    up to requested tensors without recomputing what an earlier wave computed: the outputs of
+    computed nodes that uncomputed nodes read (the frontier) are kept for every batch, and the
+    next run starts from them; ``invalidate`` forgets what lies below nodes whose weights
+    changed (LDRF folds the model in place between waves). A fixed suffix (``focus``/``run``,
+    :class:`SuffixCache`): store once the tensors entering the part of the graph that some
+    weights change, then evaluate only that part, as often as wanted, with new weights.
+
+    Activations beyond ``memory`` bytes go to disk (``spill``) or make ``fill`` refuse.
     Written here rather than with ``onnx.utils.Extractor``: that needs shapes inferred for every
     intermediate tensor and copies the whole model per extraction; a segment here is the node
     list between known tensors, its inputs typed from the stored arrays.
     """
 
-    def __init__(self, proto: onnx.ModelProto, batches, memory: int | None = None):
-        self.proto, self.batches = proto, batches
+    def __init__(self, proto: onnx.ModelProto, batches, memory: int | None = None, spill: bool = True,
+                 providers=None):
+        self.proto, self.batches, self.spill, self.providers = proto, batches, spill, providers
         self.memory = FRONTIER_MEMORY if memory is None else memory
         self.done: set[int] = set()  # nodes whose outputs are valid (kept where the frontier needs them)
         self.store: dict[str, list] = {}  # frontier tensor -> per batch: array or .npy path
         self.dtypes: dict[str, np.dtype] = {}
         self.prints: list[bytes] | None = None  # per batch: digest of the inputs the store was computed from
         self.used = 0
-        self._tmp = tempfile.TemporaryDirectory(prefix="onnxprune_frontier_")
+        self._tmp: tempfile.TemporaryDirectory | None = None  # made on the first spill
         self._files = 0
 
     def close(self) -> None:
-        self._tmp.cleanup()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def _links(self):
         graph = self.proto.graph
@@ -64,9 +74,14 @@ class Frontier:
             self._drop(t)
 
     def _keep(self, arr: np.ndarray):
+        """The array, or the path it was saved to; None where it does not fit and ``spill`` is off."""
         if self.used + arr.nbytes <= self.memory:
             self.used += arr.nbytes
             return arr
+        if not self.spill:
+            return None
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="onnxprune_frontier_")
         self._files += 1
         path = Path(self._tmp.name) / f"{self._files}.npy"
         np.save(path, arr)
@@ -82,6 +97,13 @@ class Frontier:
     def _load(self, name: str, b: int) -> np.ndarray:
         v = self.store[name][b]
         return v if isinstance(v, np.ndarray) else np.load(v)
+
+    def _cut(self, nodes: list[int], stored: list[str], outputs: list[str], shapes=None, graph_inputs=None,
+             value_info: bool = False):
+        """A session running ``nodes`` from the ``stored`` tensors (typed from the stored arrays)."""
+        inputs = {t: self.dtypes[t] for t in stored}
+        model = cut_segment(self.proto, nodes, inputs, outputs, shapes, graph_inputs, value_info)
+        return session(model, self.providers)
 
     def begin(self, outputs: list[str], later: set[str] | None = None) -> None:
         """Prepare a pass producing ``outputs``: ``step`` per batch (in the same order on every
@@ -106,8 +128,7 @@ class Frontier:
         self.new = sorted(t for i in segment for t in graph.node[i].output if t in self.frontier)
         fetch = [o for o in outputs if o in producer and producer[o] in segment]
         self.run_out = list(dict.fromkeys([*fetch, *self.new]))
-        self.sess = session(cut_segment(self.proto, sorted(segment), {t: self.dtypes[t] for t in self.stored_in},
-                                     self.run_out)) if self.run_out else None
+        self.sess = self._cut(sorted(segment), self.stored_in, self.run_out) if self.run_out else None
         self.feeds = {i.name for i in self.sess.get_inputs()} if self.sess else set()
         self.kept = {t: [] for t in self.new}
         self.prints_now = []
@@ -137,6 +158,80 @@ class Frontier:
         self.store.update(self.kept)
         self.done, self.kept = self.next_done, {}
 
+    # --- a fixed suffix fed by stored activations (SuffixCache) ---------------------------------
+    def fill(self, names: list[str]) -> bool:
+        """Compute the tensors ``names`` for every batch, with the nodes above them, and store
+        them. False (nothing stored) where they exceed ``memory`` and ``spill`` is off."""
+        if not names:
+            return True
+        producer, _ = self._links()
+        nodes = producers_above(self.proto.graph, producer, set(names), stop=set(self.store))
+        sess, kept = self._cut(sorted(nodes), [], names), {t: [] for t in names}
+        feeds = {i.name for i in sess.get_inputs()}
+        for b in self.batches:
+            for t, a in zip(names, sess.run(names, {k: v for k, v in b.items() if k in feeds})):
+                self.dtypes[t] = a.dtype
+                v = self._keep(a)
+                if v is None:
+                    self.used -= sum(v.nbytes for vs in kept.values() for v in vs if isinstance(v, np.ndarray))
+                    return False
+                kept[t].append(v)
+        self.store.update(kept)
+        return True
+
+    def focus(self, names: set[str], output: str) -> bool:
+        """Prepare ``run``: store the tensors entering the nodes whose result the weights
+        ``names`` (graph inputs) can change, and a session of those nodes alone. False where
+        nothing would be saved (no names, subgraphs, every node changes, ``output`` does not
+        depend on the names) or the stored tensors would exceed the budget."""
+        graph = self.proto.graph
+        nodes = list(graph.node)
+        if not names or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                            for n in nodes for a in n.attribute):
+            return False
+        changed = changed_nodes(graph, names)
+        produced = {t for i in changed for t in nodes[i].output}
+        inits = {t.name for t in graph.initializer}
+        model_inputs = {t.name for t in graph.input} - inits
+        cut = sorted({t for i in changed for t in nodes[i].input if t and t not in produced and t not in inits})
+        if len(changed) == len(nodes) or output not in produced:
+            return False
+        if not self.fill([t for t in cut if t not in model_inputs]):
+            return False
+        first = self.batches[0]
+        for t in cut:
+            if t not in self.store:  # a model input, fed from the batches
+                self.dtypes[t] = first[t].dtype
+        batched = set(model_inputs)  # tensors computed from the data carry its batch; constants do not
+        for node in nodes:
+            if any(t in batched for t in node.input):
+                batched.update(node.output)
+        shapes = {}
+        for t in cut:
+            a = self._load(t, 0) if t in self.store else first[t]
+            # Batches may differ in size. A cut constant (PaddlePaddle's Reshape'd [1, C, 1, 1] biases)
+            # keeps its shape: a shared "N" would let onnxruntime fuse Conv + Add as equal shapes (issue 15).
+            shapes[t] = ["N", *a.shape[1:]] if a.ndim and t in batched else list(a.shape)
+        self.output, self.stored_in = output, cut
+        self.sess = self._cut(sorted(changed), cut, [output], shapes, graph_inputs=names, value_info=True)
+        # the weights are overridable initializers, not listed among get_inputs()
+        self.inputs = {i.name for i in [*self.sess.get_inputs(), *self.sess.get_overridable_initializers()]}
+        return True
+
+    def run(self, weights: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The focused output per batch with ``weights`` (those the suffix reads are fed)."""
+        fed = {k: v for k, v in weights.items() if k in self.inputs}
+        out = []
+        for i, b in enumerate(self.batches):
+            feeds = {t: self._load(t, i) if t in self.store else b[t] for t in self.stored_in}
+            out.append(self.sess.run([self.output], {**feeds, **fed})[0])
+        return out
+
+
+class Frontier(PrefixCache):
+    """The reconstruction's configuration: waves of passes, activations beyond ``memory``
+    spilled to disk (``FRONTIER_MEMORY`` by default)."""
+
 
 class NotReplayable(Exception):
     """The batches changed between passes: stored activations cannot be paired with them."""
@@ -152,74 +247,15 @@ def digest(batch: dict[str, np.ndarray]) -> bytes:
     return h.digest()
 
 
-class SuffixCache:
-    """The part of a graph that weights ``names`` can change, fed by cached activations.
-
-    ``build`` runs the prefix once per batch and keeps the tensors entering the changed part
-    (up to ``budget`` bytes); ``run`` then evaluates only that suffix with new weights. The
-    sensitivity analysis' masked evaluator uses it (``MaskedEvaluator.focus_on``).
-    """
-
-    def __init__(self, sess, inputs: set[str], cached: list[dict[str, np.ndarray]], output: str):
-        self.sess, self.inputs, self.cached, self.output = sess, inputs, cached, output
-
-    def run(self, weights: dict[str, np.ndarray]) -> list[np.ndarray]:
-        fed = {k: v for k, v in weights.items() if k in self.inputs}
-        return [self.sess.run([self.output], {**c, **fed})[0] for c in self.cached]
+class SuffixCache(PrefixCache):
+    """The sensitivity analysis' configuration (``MaskedEvaluator.focus_on``): the part of a
+    graph that weights ``names`` can change, fed by activations stored once, in memory only."""
 
     @classmethod
     def build(cls, proto: onnx.ModelProto, names: set[str], output: str, batches, providers, budget: int):
-        graph = proto.graph
-        nodes = list(graph.node)
-        if not names or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                            for n in nodes for a in n.attribute):
-            return None
-        changed = changed_nodes(graph, names)
-        produced = {t for i in changed for t in nodes[i].output}
-        inits = {t.name for t in graph.initializer}
-        model_inputs = {t.name for t in graph.input} - inits
-        cut = sorted({t for i in changed for t in nodes[i].input if t and t not in produced and t not in inits})
-        if len(changed) == len(nodes) or output not in produced:
-            return None  # nothing to save (or the output does not depend on the weights)
-        from_prefix = [t for t in cut if t not in model_inputs]
-        cached = []
-        if from_prefix:
-            prefix = onnx.ModelProto()
-            prefix.CopyFrom(proto)
-            del prefix.graph.output[:]
-            prefix.graph.output.extend(onnx.ValueInfoProto(name=t) for t in from_prefix)
-            sess, used = session(prefix, providers), 0
-            for b in batches:
-                arrays = dict(zip(from_prefix, sess.run(from_prefix, b)))
-                used += sum(a.nbytes for a in arrays.values())
-                if used > budget:
-                    return None
-                cached.append({**{t: b[t] for t in cut if t in model_inputs}, **arrays})
-        else:
-            cached = [{t: b[t] for t in cut} for b in batches]
-        suffix = onnx.ModelProto()
-        suffix.CopyFrom(proto)
-        g = suffix.graph
-        del g.node[:], g.input[:], g.output[:]
-        g.node.extend(nodes[i] for i in sorted(changed))
-        needed = {t for i in changed for t in nodes[i].input}
-        kept_inits = [t for t in graph.initializer if t.name in needed]
-        del g.initializer[:]
-        g.initializer.extend(kept_inits)
-        produced_or_cut = produced | set(cut)
-        kept_info = [v for v in graph.value_info if v.name in produced_or_cut]
-        del g.value_info[:]
-        g.value_info.extend(kept_info)
-        batched = set(model_inputs)  # tensors computed from the data carry its batch; constants do not
-        for node in nodes:
-            if any(t in batched for t in node.input):
-                batched.update(node.output)
-        for t in cut:
-            a = cached[0][t]
-            # Batches may differ in size. A cut constant (PaddlePaddle's Reshape'd [1, C, 1, 1] biases)
-            # keeps its shape: a shared "N" would let onnxruntime fuse Conv + Add as equal shapes (issue 15).
-            shape = ["N", *a.shape[1:]] if a.ndim and t in batched else list(a.shape)
-            g.input.append(onnx.helper.make_tensor_value_info(t, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), shape))
-        g.input.extend(i for i in graph.input if i.name in names and i.name in needed)
-        g.output.append(onnx.ValueInfoProto(name=output))
-        return cls(session(suffix, providers), {i.name for i in g.input}, cached, output)
+        """The cache ready to ``run``, or None where focusing saves nothing or exceeds ``budget`` bytes."""
+        cache = cls(proto, batches, memory=budget, spill=False, providers=providers)
+        if cache.focus(names, output):
+            return cache
+        cache.close()
+        return None

@@ -64,9 +64,14 @@ def changed_nodes(graph: onnx.GraphProto, names: set[str]) -> set[int]:
     return changed
 
 
-def segment(proto: onnx.ModelProto, nodes: list[int], inputs: dict[str, np.dtype], outputs: list[str]) -> onnx.ModelProto:
+def segment(proto: onnx.ModelProto, nodes: list[int], inputs: dict[str, np.dtype], outputs: list[str],
+            shapes: dict[str, list] | None = None, graph_inputs: set[str] | None = None,
+            value_info: bool = False) -> onnx.ModelProto:
     """The model made of ``nodes`` (indices, in graph order) reading the stored tensors ``inputs``
-    (name -> dtype) as graph inputs, shapes left to onnxruntime, besides the original inputs."""
+    (name -> dtype) as graph inputs, besides the original inputs they read (only those in
+    ``graph_inputs`` where given: the others stay initializers, constants to onnxruntime).
+    Stored tensors' shapes are ``shapes[name]`` where given, else left to onnxruntime;
+    ``value_info`` keeps the declared shapes of the tensors the segment reads and makes."""
     graph = proto.graph
     used = {t for i in nodes for t in graph.node[i].input}
     out = onnx.ModelProto()
@@ -75,9 +80,14 @@ def segment(proto: onnx.ModelProto, nodes: list[int], inputs: dict[str, np.dtype
     del g.node[:], g.output[:], g.initializer[:], g.value_info[:], g.input[:]
     g.node.extend(graph.node[i] for i in nodes)
     g.initializer.extend(t for t in graph.initializer if t.name in used)
-    g.input.extend(i for i in graph.input if i.name in used)
+    g.input.extend(i for i in graph.input if i.name in used and i.name not in inputs
+                   and (graph_inputs is None or i.name in graph_inputs))
     for name, dtype in inputs.items():
-        g.input.append(onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(dtype), None))
+        shape = None if shapes is None else shapes.get(name)
+        g.input.append(onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(dtype), shape))
+    if value_info:
+        known = {t for i in nodes for t in graph.node[i].output} | set(inputs)
+        g.value_info.extend(v for v in graph.value_info if v.name in known)
     for name in outputs:
         g.output.append(onnx.ValueInfoProto(name=name))
     return out
