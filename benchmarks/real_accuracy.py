@@ -49,9 +49,10 @@ ROOT = HERE.parent
 
 # variant name -> extra `onnxprune compress` arguments; "{calib}" is the calibration .npz
 VARIANTS: dict[str, list[str]] = {
-    "default": ["--data", "{calib}"],  # hrank + ldrf, the defaults with data
+    "default": ["--no-recover", "--data", "{calib}"],  # hrank + ldrf, the defaults with data before issue 18
     "datafree": [],  # l1, no reconstruction
-    "l1-ldrf": ["--criterion", "l1", "--data", "{calib}"],
+    "l1-ldrf": ["--no-recover", "--criterion", "l1", "--data", "{calib}"],
+    "recover": ["--data", "{calib}"],  # issue 18: hrank + ldrf + label-free recovery (the CLI default with torch)
 }
 # target name -> arguments
 TARGETS: dict[str, list[str]] = {
