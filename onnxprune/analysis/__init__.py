@@ -2,7 +2,9 @@
 
     builder.py       atoms, dims, the Builder the rules tie atoms with (roles IN/OUT/...)
     rules.py         one rule per op type (one table, RULES)
-    shape_rules.py   rules of the shape-manipulating ops (Reshape, Transpose, Split, ...)
+    shape_rules.py   rules of the ops that move channels (Transpose, Concat, Split, Slice, ...)
+    reshape_rules.py the rule of Reshape/Flatten/Squeeze/Unsqueeze (channel shuffles included)
+    shape_common.py  helpers those rules and rules.py share (channel axis, pass-through)
     shape_values.py  run-time shape values (Shape -> Gather -> Concat) as affine forms
     groups.py        ``analyse``: rules over the graph, union-find, groups, shape-value checks
     oracle.py        the masking-equivalence check (tests, coverage and sensitivity share it)

@@ -1,6 +1,7 @@
 """Per-op dependency rules: one small function per op type, in one table (``RULES``).
 
-Rules of ops that only move channels (Reshape, Slice, Concat, ...) live in ``shape_rules.py``.
+Rules of ops that only move channels live in ``shape_rules.py`` (Slice, Concat, ...) and
+``reshape_rules.py`` (Reshape and its kin), with their shared helpers in ``shape_common.py``.
 A rule receives the node and the analysis ``Builder`` and states how channels flow through the
 node: which output axis carries channels (``b.define``), which input and output atoms are the
 same channel (``b.tie``), which weight axes are produced or consumed (``b.dim(w, axis, role)``),
@@ -14,11 +15,9 @@ import numpy as np
 import onnx
 
 from .builder import BN_SCALE, DEPTHWISE, IN, OUT, Builder
-from .shape_rules import (
-    _channel_axis,
-    _carries_none, _in_axis, _passthrough, _refuse_from, concat, expand, gather, pad, reshape, resize, slice_, split,
-    tile, transpose,
-)
+from .reshape_rules import reshape
+from .shape_common import carries_none, checked_channel_axis, input_axis, passthrough, refuse_from
+from .shape_rules import concat, expand, gather, pad, resize, slice_, split, tile, transpose
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -34,7 +33,7 @@ def unary(node, b: Builder) -> None:
     if spread is not None:  # a shuffle's [N, g, C/g, H, W] passes through unchanged
         b.set_spread(y, spread.then(b.model.index_of(node)))
     else:
-        _passthrough(node, b)
+        passthrough(node, b)
     _refuse_extra_outputs(node, b, f"{node.op} '{node.name}': secondary output")
 
 
@@ -57,9 +56,9 @@ def elementwise(node, b: Builder) -> None:
         b.set_spread(y, b.spread[spread[0].name].then(b.model.index_of(node)))  # scaled by a scalar
         return
     axes = {b.axis_of(t) + (r - b.rank(t)) for t in node.inputs if b.axis_of(t) is not None}
-    none = [t for t in node.inputs if _carries_none(b, t)]
+    none = [t for t in node.inputs if carries_none(b, t)]
     if not axes and none:
-        _refuse_from(b, none[0], [y])
+        refuse_from(b, none[0], [y])
         return
     if len(axes) > 1:
         b.block_node(f"{node.op} '{node.name}' combines tensors whose channels are on different axes")
@@ -198,7 +197,7 @@ def matmul(node, b: Builder) -> None:
     last = b.rank(x) - 1
     axis = b.axis_of(x)
     if axis is not None and axis != last:
-        _passthrough(node, b)  # channels are a batch axis of the product: they pass through
+        passthrough(node, b)  # channels are a batch axis of the product: they pass through
         return
     b.tie(b.dim(x, last), b.dim(w, 0, IN))
     b.tie(b.define(y, b.rank(y) - 1), b.dim(w, 1, OUT))
@@ -225,14 +224,14 @@ def einsum(node, b: Builder) -> None:
         return
     x, tx, y = node.inputs[xs[0]], terms[xs[0]], node.outputs[0]
     w, tw = (node.inputs[ws[0]], terms[ws[0]]) if ws else (None, "")
-    if _carries_none(b, x):
+    if carries_none(b, x):
         contracted = [c for c in tx if c in tw and c not in out]
         if len(contracted) != 1:
-            _refuse_from(b, x, [y])
+            refuse_from(b, x, [y])
             return
         axis = tx.index(contracted[0])
     else:
-        axis = _in_axis(b, x)
+        axis = input_axis(b, x)
     letter = tx[axis]
     dx = b.dim(x, axis)
     if letter in out:
@@ -283,7 +282,7 @@ def pool(node, b: Builder) -> None:
     if b.axis_of(node.inputs[0]) not in (None, 1):
         b.block_node(f"{node.op} '{node.name}' expects channels on axis 1")
         return
-    _passthrough(node, b)
+    passthrough(node, b)
     _refuse_extra_outputs(node, b, f"{node.op} '{node.name}': indices output")
 
 
@@ -297,16 +296,16 @@ def reduce(node, b: Builder) -> None:
             b.block_node(f"{node.op} '{node.name}' has axes computed at run time")
             return
         axes = values.reshape(-1).tolist()
-    axis = _in_axis(b, x)
+    axis = input_axis(b, x)
     if not axes:
         if int(node.attrs.get("noop_with_empty_axes", 0)):
-            _passthrough(node, b)
+            passthrough(node, b)
         else:
             b.block_node(f"{node.op} '{node.name}' reduces over all axes, channels included")
         return
     axes = [a % r for a in axes]
-    if _carries_none(b, x):
-        _refuse_from(b, x, [y])
+    if carries_none(b, x):
+        refuse_from(b, x, [y])
         return
     if axis in axes:
         b.block_node(f"{node.op} '{node.name}' reduces over the channel axis")
@@ -321,9 +320,9 @@ def layer_norm(node, b: Builder) -> None:
     x = node.inputs[0]
     r = b.rank(x)
     first = int(node.attrs.get("axis", -1)) % r
-    channel = _in_axis(b, x)
-    if _carries_none(b, x):
-        _refuse_from(b, x, node.outputs)
+    channel = input_axis(b, x)
+    if carries_none(b, x):
+        refuse_from(b, x, node.outputs)
         return
     if channel >= first:
         b.block_node(
@@ -331,7 +330,7 @@ def layer_norm(node, b: Builder) -> None:
             f"(its mean and variance over all channels change when one is removed)"
         )
         return
-    _passthrough(node, b)
+    passthrough(node, b)
     _refuse_extra_outputs(node, b, f"LayerNormalization '{node.name}': statistics output")
 
 
@@ -344,7 +343,7 @@ def group_norm(node, b: Builder) -> None:
     x, y = node.inputs[0], node.outputs[0]
     groups = int(node.attrs["num_groups"])
     c = b.shape(x)[1]
-    if _in_axis(b, x) != 1 or c % groups:
+    if input_axis(b, x) != 1 or c % groups:
         b.block_node(f"GroupNormalization '{node.name}' expects channels on axis 1, divisible by num_groups")
         return
     per = c // groups
@@ -367,13 +366,13 @@ def _set_group_count(d, per: int):
 
 def softmax(node, b: Builder) -> None:
     x = node.inputs[0]
-    r, channel = b.rank(x), _in_axis(b, x)
+    r, channel = b.rank(x), input_axis(b, x)
     old = _opset(b) < 13  # before opset 13, Softmax normalised over all axes from `axis` on
     axis = int(node.attrs.get("axis", 1 if old else -1)) % r
-    if not _carries_none(b, x) and (channel == axis or (old and channel > axis)):
+    if not carries_none(b, x) and (channel == axis or (old and channel > axis)):
         b.block_node(f"{node.op} '{node.name}' normalises over the channel axis")
         return
-    _passthrough(node, b)
+    passthrough(node, b)
 
 
 def quantize(node, b: Builder) -> None:
@@ -399,7 +398,7 @@ def quantize(node, b: Builder) -> None:
             for t in per_channel:
                 b.tie(b.dim(t, 0), dq)
         return
-    axis = _channel_axis(node, b, x, y)
+    axis = checked_channel_axis(node, b, x, y)
     if axis is None:
         return
     if per_channel and q_axis != axis:
