@@ -9,7 +9,7 @@ from onnx import numpy_helper
 from ..analysis import Analysis
 from .consumers import find_consumers
 from .fit import fit, output_errors
-from .fold import fold, weight_blocks
+from .fold import attach_bias, fold, weight_blocks
 from .ldrf import stream_moments
 
 
@@ -47,17 +47,8 @@ class Compensator:
                 name = c.bias
             else:
                 w = inits[c.weight]
-                name = f"{c.weight}_onnxprune_bias"
-                if name not in inits:
-                    zeros = np.zeros(w.dims[c.out_axis], dtype=numpy_helper.to_array(w).dtype)
-                    proto.graph.initializer.append(numpy_helper.from_array(zeros, name))
-                    inits[name] = proto.graph.initializer[-1]
-                while len(node.input) < 3:
-                    node.input.append("")
-                node.input[2] = name
-                for attr in node.attribute:
-                    if attr.name == "beta" and attr.f == 0.0:
-                        attr.f = 1.0
+                zeros = np.zeros(w.dims[c.out_axis], dtype=numpy_helper.to_array(w).dtype)
+                name = attach_bias(proto, inits, node, f"{c.weight}_onnxprune_bias", zeros)
             self.biases[i] = name
             self.base[name] = numpy_helper.to_array(inits[name])
         return sorted(set(self.biases.values()))

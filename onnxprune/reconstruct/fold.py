@@ -84,9 +84,16 @@ def add_bias(analysis, atoms, proto, inits, c: Consumer, delta, dtype) -> None:
         return
     if node.op_type == "ConvTranspose":
         return  # a strided transpose conv spreads a constant unevenly: no exact bias exists
-    name = f"{c.weight}_onnxprune_bias"
-    proto.graph.initializer.append(numpy_helper.from_array(delta.astype(dtype), name))
-    inits[name] = proto.graph.initializer[-1]
+    attach_bias(proto, inits, node, f"{c.weight}_onnxprune_bias", delta.astype(dtype))
+
+
+def attach_bias(proto: onnx.ModelProto, inits: dict, node: onnx.NodeProto, name: str, values: np.ndarray) -> str:
+    """Give a Conv/Gemm ``node`` that has no bias the initializer ``name`` (``values``, added
+    once) as its third input, and make a Gemm's ``beta`` count it (beta 0 would ignore it).
+    Reconstruction, the compensated sensitivity session and the OBS refit all need this."""
+    if name not in inits:
+        proto.graph.initializer.append(numpy_helper.from_array(values, name))
+        inits[name] = proto.graph.initializer[-1]
     while len(node.input) < 3:
         node.input.append("")
     node.input[2] = name
@@ -94,6 +101,7 @@ def add_bias(analysis, atoms, proto, inits, c: Consumer, delta, dtype) -> None:
         for attr in node.attribute:
             if attr.name == "beta" and attr.f == 0.0:
                 attr.f = 1.0
+    return name
 
 
 # --- orchestration --------------------------------------------------------------------------------

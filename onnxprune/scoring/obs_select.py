@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from ..analysis import IN, Analysis, ChannelGroup
 from ..reconstruct.ldrf import ancestor_tensors, depth_waves
+from ..reconstruct.fold import attach_bias
 from ..reconstruct.obs_fold import weight_layout
 from ..runtime.frontier import Frontier
 from .obs import ConsumerState, Layer, ObsSettings, consumer_states, gather, greedy, layers_of
@@ -146,18 +147,8 @@ def _prepare_biases(analysis, proto, inits, layers) -> dict[int, str]:
         if c.bias is not None:
             out[i] = c.bias
             continue
-        name = f"{c.weight}_onnxprune_obs_bias"
-        if name not in inits:
-            dtype = numpy_helper.to_array(inits[c.weight]).dtype
-            proto.graph.initializer.append(numpy_helper.from_array(np.zeros(l.w.shape[0], dtype), name))
-            inits[name] = proto.graph.initializer[-1]
-        while len(node.input) < 3:
-            node.input.append("")
-        node.input[2] = name
-        for attr in node.attribute:
-            if attr.name == "beta" and attr.f == 0.0:
-                attr.f = 1.0
-        out[i] = name
+        zeros = np.zeros(l.w.shape[0], numpy_helper.to_array(inits[c.weight]).dtype)
+        out[i] = attach_bias(proto, inits, node, f"{c.weight}_onnxprune_obs_bias", zeros)
     return out
 
 
