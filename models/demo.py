@@ -49,7 +49,7 @@ def main() -> None:
         base = json.loads(onnxprune("evaluate", model, "--data", evaluation, "--json"))["top1"]
         rows.append((name, "original", "-", base, None))
         for flops in (0.3, 0.5):
-            for label, extra in (("l1, no data", []), ("hrank + ldrf", ["--data", calib])):
+            for label, extra in (("l1, no data", []), ("data (default)", ["--data", calib])):
                 pruned = out / f"{name}_{int(flops * 100)}_{'data' if extra else 'l1'}.onnx"
                 summary = json.loads(onnxprune("compress", model, "--flops", flops, "-o", pruned, "--force", "--json",
                                                *extra))
