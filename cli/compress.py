@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from onnxprune.allocate.blocks import MIN_BLOCKS
 from onnxprune.scoring.registry import ALL_CRITERIA
 
 from .common import Progress, data_options, image_options, input_shape_option, output_path, parse_input_shapes, side_output
@@ -283,7 +284,8 @@ def format_summary(s: dict) -> str:
         f" with {how}, criterion {s['criterion']}, reconstruction {s.get('reconstruct', 'none')}",
         f"groups   {g['pruned']} pruned of {g['prunable']} prunable ({g['total']} total, {g['blocked']} blocked); "
         f"{s['channels']['removed']} of {s['channels']['prunable']} channels removed"
-        + (f"; kept counts multiples of {s['round_to']}" if s.get("round_to", 1) > 1 else ""),
+        + (f"; kept counts multiples of {s['round_to']} ({s['round_to'] // 2} in groups under {MIN_BLOCKS * s['round_to']} channels)"
+           if s.get("round_to", 1) >= 16 else f"; kept counts multiples of {s['round_to']}" if s.get("round_to", 1) > 1 else ""),
     ]
     lines += speed_lines(s)
     lines += [f"note     {n}" for n in s.get("notes", [])]
