@@ -115,7 +115,7 @@ def tp_match(name: str, round_to: int, goal: float, base_macs: int, cfg: Config,
 def interleaved(models: list[bytes], feeds: dict, rounds: int, warmup: int = 3, seed: int = 0) -> list[dict]:
     """Median latency (ms) of several models, each round running all of them once, shuffled;
     the N-model form of onnxprune.runtime.session.interleaved_latency (same sessions, same timing)."""
-    from onnxprune.runtime.session import CPU, _timing, open_session
+    from onnxprune.runtime.session import CPU, timing_summary, open_session
 
     runners = [open_session(m, [CPU], threads=1, inter_op_threads=1) for m in models]
     times: list[list[float]] = [[] for _ in models]
@@ -132,7 +132,7 @@ def interleaved(models: list[bytes], feeds: dict, rounds: int, warmup: int = 3, 
     finally:
         for r in runners:
             r.close()
-    return [_timing(t) for t in times]
+    return [timing_summary(t) for t in times]
 
 
 def run(cfg: Config, log=print) -> dict:

@@ -197,7 +197,7 @@ def interleaved_latency(original, pruned, feeds: dict[str, np.ndarray], *, runs:
     finally:
         for r in sessions:
             r.close()
-    before, after = (_timing(t) for t in times)
+    before, after = (timing_summary(t) for t in times)
     return {
         "provider": "CPUExecutionProvider",
         "threads": threads,
@@ -210,7 +210,7 @@ def interleaved_latency(original, pruned, feeds: dict[str, np.ndarray], *, runs:
     }
 
 
-def _timing(ms: list[float]) -> dict:
+def timing_summary(ms: list[float]) -> dict:
     a = np.asarray(ms)
     return {"median_ms": round(float(np.median(a)), 4), "p10_ms": round(float(np.percentile(a, 10)), 4),
             "p90_ms": round(float(np.percentile(a, 90)), 4)}
