@@ -113,26 +113,10 @@ def tp_match(name: str, round_to: int, goal: float, base_macs: int, cfg: Config,
 
 
 def interleaved(models: list[bytes], feeds: dict, rounds: int, warmup: int = 3, seed: int = 0) -> list[dict]:
-    """Median latency (ms) of several models, each round running all of them once, shuffled;
-    the N-model form of onnxprune.runtime.session.interleaved_latency (same sessions, same timing)."""
-    from onnxprune.runtime.session import CPU, timing_summary, open_session
+    """Median latency (ms) of several models, each round running all of them once, shuffled."""
+    from onnxprune.runtime.session import interleaved_timings
 
-    runners = [open_session(m, [CPU], threads=1, inter_op_threads=1) for m in models]
-    times: list[list[float]] = [[] for _ in models]
-    rng = np.random.default_rng(seed)
-    try:
-        for _ in range(warmup):
-            for r in runners:
-                r.session.run(None, feeds)
-        for _ in range(rounds):
-            for j in rng.permutation(len(runners)):
-                start = time.perf_counter()
-                runners[j].session.run(None, feeds)
-                times[j].append((time.perf_counter() - start) * 1000)
-    finally:
-        for r in runners:
-            r.close()
-    return [timing_summary(t) for t in times]
+    return interleaved_timings(models, feeds, runs=rounds, warmup_runs=warmup, threads=1, shuffle_seed=seed)
 
 
 def run(cfg: Config, log=print) -> dict:

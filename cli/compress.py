@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from onnxprune.allocate.blocks import MIN_BLOCKS
+from onnxprune.allocate.blocks import MIN_BLOCKS, narrow_alignment
 from onnxprune.scoring.registry import ALL_CRITERIA
 
 from .common import Progress, data_options, image_options, input_shape_option, output_path, parse_input_shapes, side_output
@@ -284,8 +284,7 @@ def format_summary(s: dict) -> str:
         f" with {how}, criterion {s['criterion']}, reconstruction {s.get('reconstruct', 'none')}",
         f"groups   {g['pruned']} pruned of {g['prunable']} prunable ({g['total']} total, {g['blocked']} blocked); "
         f"{s['channels']['removed']} of {s['channels']['prunable']} channels removed"
-        + (f"; kept counts multiples of {s['round_to']} ({s['round_to'] // 2} in groups under {MIN_BLOCKS * s['round_to']} channels)"
-           if s.get("round_to", 1) >= 16 else f"; kept counts multiples of {s['round_to']}" if s.get("round_to", 1) > 1 else ""),
+        + _multiples(s.get("round_to", 1)),
     ]
     lines += speed_lines(s)
     lines += [f"note     {n}" for n in s.get("notes", [])]
@@ -308,3 +307,12 @@ def format_summary(s: dict) -> str:
         f"wrote    {s['output']} and {s['plan']}" + (f" and {s['report']}" if s.get("report") else ""),
     ]
     return "\n".join(lines)
+
+
+def _multiples(round_to: int) -> str:
+    """The summary's word on kept counts, with the half block narrow groups get (allocate.blocks)."""
+    if round_to <= 1:
+        return ""
+    half = narrow_alignment(0, round_to)
+    narrow = f" ({half} in groups under {MIN_BLOCKS * round_to} channels)" if half != round_to else ""
+    return f"; kept counts multiples of {round_to}{narrow}"

@@ -183,21 +183,8 @@ def interleaved_latency(original, pruned, feeds: dict[str, np.ndarray], *, runs:
     neighbour slows both models alike instead of biasing the speed-up. The report's latency
     section and ``compress``'s measured speed-up both come from here.
     """
-    sessions = [open_session(m, [CPU], threads=threads, inter_op_threads=1) for m in (original, pruned)]
-    times: list[list[float]] = [[], []]
-    try:
-        for _ in range(warmup_runs):
-            for r in sessions:
-                r.session.run(None, feeds)
-        for _ in range(runs):
-            for r, t in zip(sessions, times):
-                start = time.perf_counter()
-                r.session.run(None, feeds)
-                t.append((time.perf_counter() - start) * 1000)
-    finally:
-        for r in sessions:
-            r.close()
-    before, after = (timing_summary(t) for t in times)
+    before, after = interleaved_timings([original, pruned], feeds, runs=runs, warmup_runs=warmup_runs,
+                                        threads=threads)
     return {
         "provider": "CPUExecutionProvider",
         "threads": threads,
@@ -208,6 +195,28 @@ def interleaved_latency(original, pruned, feeds: dict[str, np.ndarray], *, runs:
         "after": after,
         "speedup": round(before["median_ms"] / after["median_ms"], 4) if after["median_ms"] > 0 else None,
     }
+
+
+def interleaved_timings(models: list, feeds: dict[str, np.ndarray], *, runs: int, warmup_runs: int = 3,
+                        threads: int = 1, shuffle_seed: int | None = None) -> list[dict]:
+    """``timing_summary`` of each model, every round running each model once on ``feeds``: in the
+    given order, or shuffled per round with ``shuffle_seed`` (many variants side by side)."""
+    sessions = [open_session(m, [CPU], threads=threads, inter_op_threads=1) for m in models]
+    times: list[list[float]] = [[] for _ in models]
+    rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
+    try:
+        for _ in range(warmup_runs):
+            for r in sessions:
+                r.session.run(None, feeds)
+        for _ in range(runs):
+            for j in (rng.permutation(len(sessions)) if rng is not None else range(len(sessions))):
+                start = time.perf_counter()
+                sessions[j].session.run(None, feeds)
+                times[j].append((time.perf_counter() - start) * 1000)
+    finally:
+        for r in sessions:
+            r.close()
+    return [timing_summary(t) for t in times]
 
 
 def timing_summary(ms: list[float]) -> dict:

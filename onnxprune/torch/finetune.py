@@ -122,7 +122,7 @@ def finetune(
         OnnxPruneError: an invalid setting, or the loss became NaN/inf (lower the learning rate).
     """
     _check_settings(epochs, lr, optimizer, temperature, alpha)
-    dev = _device(device)
+    dev = resolve_device(device)
     generator = torch.Generator().manual_seed(seed)
     model = to_torch(student, train_bn=train_bn).to(dev)
     teacher_model = to_torch(teacher).to(dev).eval().requires_grad_(False) if teacher is not None else None
@@ -178,7 +178,7 @@ def _check_settings(epochs: int, lr: float, optimizer: str, temperature: float, 
         raise OnnxPruneError(f"alpha must be in [0, 1], got {alpha}")
 
 
-def _device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
     """Resolve ``"auto"`` to CUDA when available, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

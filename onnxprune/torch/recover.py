@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OnnxPruneError
+from .finetune import resolve_device
 from .module import OnnxModule, to_torch, write_back
 from .nodes import TORCH_DTYPES
 from .recover_blocks import train_blockwise
@@ -172,22 +173,13 @@ def _deterministic():
         torch.use_deterministic_algorithms(before)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OnnxPruneError(f"device {name!r} was requested but CUDA is not available to torch")
-    return dev
-
-
 def distil(pruned: onnx.ModelProto, original: onnx.ModelProto, arrays: dict[str, np.ndarray], settings,
            channels: dict, progress=None, replay: dict | None = None) -> tuple[onnx.ModelProto, dict]:
     """Recover ``pruned`` from ``original`` on ``arrays``; ``(model, report)`` (see the module doc)."""
     t0 = time.perf_counter()
     with _deterministic():
         torch.manual_seed(settings.seed)
-        dev = _device(settings.device)
+        dev = resolve_device(settings.device)
         student = to_torch(pruned).to(dev)
         teacher = to_torch(original).to(dev).eval().requires_grad_(False)
         samples = Samples(arrays, student, teacher, settings, dev)
